@@ -1,0 +1,81 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// ComputeAgent: the per-host compute agent. One module per concern:
+//   Messaging      – AMQP transport (librabbitmq) and the oslo.messaging wire format
+//   PluginABI      – the C header plugin authors build against (no Swift types cross it)
+//   PluginHost     – dlopen loader, descriptor validation, blocking executor for plugin calls
+//   PluginSDK      – helpers for writing a plugin in Swift
+//   Compute        – the compute manager: lifecycle rules, state table, periodic tasks
+//   JSON           – the JSON value type, parser and writer (wire format and plugin calls)
+//   AgentSupport   – configuration file parsing, logging, threads shared by the executables
+let package = Package(
+    name: "ComputeAgent",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "compute-agent", targets: ["ComputeAgentDaemon"]),
+        .executable(name: "computectl", targets: ["ComputeCtl"]),
+        // Plugins: each is a shared object that the agent dlopens from plugin_dir.
+        .library(name: "compute_hypervisor_libvirt", type: .dynamic, targets: ["LibvirtHypervisor"]),
+        .library(name: "compute_image_file", type: .dynamic, targets: ["FileImageFetcher"]),
+        .library(name: "compute_network_noop", type: .dynamic, targets: ["NoopNetwork"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+    ],
+    targets: [
+        // System libraries and C glue
+        .systemLibrary(name: "CRabbitMQ", pkgConfig: "librabbitmq",
+                       providers: [.apt(["librabbitmq-dev"])]),
+        .target(name: "RabbitMQShim", dependencies: ["CRabbitMQ"]),
+        .systemLibrary(name: "CLibvirt", pkgConfig: "libvirt",
+                       providers: [.apt(["libvirt-dev"])]),
+        .target(name: "PluginABI"),
+
+        // Agent modules
+        .target(name: "JSON"),
+        .target(name: "AgentSupport", dependencies: [
+            "JSON",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .target(name: "Messaging", dependencies: [
+            "CRabbitMQ", "RabbitMQShim", "AgentSupport",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .target(name: "PluginHost", dependencies: [
+            "PluginABI", "AgentSupport",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .target(name: "Compute", dependencies: [
+            "Messaging", "PluginHost", "AgentSupport",
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        ]),
+        .executableTarget(name: "ComputeAgentDaemon", dependencies: [
+            "Compute", "Messaging", "PluginHost", "AgentSupport",
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        ]),
+        .executableTarget(name: "ComputeCtl", dependencies: [
+            "Messaging", "AgentSupport",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+
+        // Plugin SDK and the shipped plugins
+        .target(name: "PluginSDK", dependencies: ["PluginABI", "JSON"]),
+        .target(name: "LibvirtHypervisor", dependencies: ["PluginSDK", "PluginABI", "CLibvirt"],
+                path: "Plugins/LibvirtHypervisor"),
+        .target(name: "FileImageFetcher", dependencies: ["PluginSDK", "PluginABI"],
+                path: "Plugins/FileImageFetcher"),
+        .target(name: "NoopNetwork", dependencies: ["PluginABI"], path: "Plugins/NoopNetwork"),
+
+        // Unit tests (the integration tests against real parts live in Tests/integration)
+        .testTarget(name: "MessagingTests", dependencies: ["Messaging"]),
+        .testTarget(name: "ComputeTests", dependencies: ["Compute", "PluginHost"]),
+        .testTarget(name: "AgentSupportTests", dependencies: ["AgentSupport"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

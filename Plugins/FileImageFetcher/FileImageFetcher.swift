@@ -1,0 +1,138 @@
+import PluginSDK
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The image-fetch plugin "file": copies `file:///path` (or a plain absolute path) images
+/// to the instance's disk path. The copy is written to `<dest>.part`, hashed while it
+/// streams, checked against the requested checksum and size limit, then renamed into
+/// place, so a failed fetch never leaves a half-written disk behind.
+final class FileImageFetcher: @unchecked Sendable {
+    // Safe to share: immutable after init; each fetch uses only its own locals.
+    let host: PluginHostAPI
+    init(host: PluginHostAPI) { self.host = host }
+
+    static func sourcePath(_ ref: String) -> String? {
+        if ref.hasPrefix("file://") {
+            let p = String(ref.dropFirst(7))
+            return p.hasPrefix("/") ? p : nil
+        }
+        return ref.hasPrefix("/") ? ref : nil
+    }
+
+    func fetch(_ req: JSONValue) throws(PluginFailure) -> JSONValue {
+        guard let ref = req["image_ref"]?.stringValue, let src = Self.sourcePath(ref) else {
+            throw PluginFailure(CA_ERR_INVALID_ARGUMENT, "image_ref must be a file:// URL or an absolute path")
+        }
+        guard let dest = req["dest_path"]?.stringValue, dest.hasPrefix("/") else {
+            throw PluginFailure(CA_ERR_INVALID_ARGUMENT, "dest_path must be an absolute path")
+        }
+        let maxBytes = req["max_bytes"]?.intValue ?? 0
+        var wanted = req["checksum"]?.stringValue
+        if let w = wanted {
+            guard w.hasPrefix("sha256:") else {
+                throw PluginFailure(CA_ERR_INVALID_ARGUMENT, "checksum '\(w)' is not of the form sha256:<hex>")
+            }
+            wanted = String(w.dropFirst(7)).lowercased()
+        }
+
+        let inFD = open(src, O_RDONLY | O_CLOEXEC)
+        guard inFD >= 0 else {
+            let code = errno
+            throw PluginFailure(code == ENOENT ? CA_ERR_NOT_FOUND : CA_ERR_FAILED, "cannot open image \(src): \(String(cString: strerror(code)))")
+        }
+        defer { close(inFD) }
+        try makeParents(of: dest)
+        let part = dest + ".part"
+        let outFD = open(part, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard outFD >= 0 else { throw PluginFailure(CA_ERR_FAILED, "cannot create \(part): \(String(cString: strerror(errno)))") }
+        var ok = false
+        defer {
+            close(outFD)
+            if !ok { unlink(part) }
+        }
+        var hasher = SHA256()
+        var total = 0
+        var buf = [UInt8](repeating: 0, count: 1 << 20)
+        while true {
+            let n = buf.withUnsafeMutableBytes { read(inFD, $0.baseAddress, $0.count) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw PluginFailure(CA_ERR_FAILED, "reading \(src): \(String(cString: strerror(errno)))")
+            }
+            if n == 0 { break }
+            total += n
+            if maxBytes > 0 && total > maxBytes {
+                throw PluginFailure(CA_ERR_INVALID_ARGUMENT, "image \(src) is larger than the limit of \(maxBytes) bytes")
+            }
+            let failure = buf.withUnsafeBytes { (raw: UnsafeRawBufferPointer) -> PluginFailure? in
+                let chunk = UnsafeRawBufferPointer(rebasing: raw[0..<n])
+                hasher.update(chunk)
+                var off = 0
+                while off < n {
+                    let w = write(outFD, chunk.baseAddress! + off, n - off)
+                    if w < 0 {
+                        if errno == EINTR { continue }
+                        return PluginFailure(CA_ERR_FAILED, "writing \(part): \(String(cString: strerror(errno)))")
+                    }
+                    off += w
+                }
+                return nil
+            }
+            if let failure { throw failure }
+        }
+        let digest = hasher.finish()
+        if let wanted, wanted != digest {
+            throw PluginFailure(CA_ERR_INVALID_ARGUMENT, "checksum mismatch for \(src): expected sha256:\(wanted), got sha256:\(digest)")
+        }
+        guard fsync(outFD) == 0 else { throw PluginFailure(CA_ERR_FAILED, "fsync \(part): \(String(cString: strerror(errno)))") }
+        guard rename(part, dest) == 0 else { throw PluginFailure(CA_ERR_FAILED, "rename to \(dest): \(String(cString: strerror(errno)))") }
+        ok = true
+        host.log(CA_LOG_INFO, "fetched \(src) to \(dest) (\(total) bytes, sha256:\(digest))")
+        return .object(["size": .int(Int64(total)), "checksum": .string("sha256:" + digest)])
+    }
+
+    private func makeParents(of path: String) throws(PluginFailure) {
+        var prefix = ""
+        let parts = path.split(separator: "/").dropLast()
+        for p in parts {
+            prefix += "/" + p
+            if mkdir(prefix, 0o755) != 0 && errno != EEXIST {
+                throw PluginFailure(CA_ERR_FAILED, "cannot create directory \(prefix): \(String(cString: strerror(errno)))")
+            }
+        }
+    }
+}
+
+nonisolated(unsafe) private let vtable: UnsafeMutablePointer<ca_image_fetch_vtable> = {
+    // Written once here, read-only afterwards.
+    let v = UnsafeMutablePointer<ca_image_fetch_vtable>.allocate(capacity: 1)
+    v.initialize(to: ca_image_fetch_vtable(
+        struct_size: UInt32(MemoryLayout<ca_image_fetch_vtable>.size),
+        init: { host, state, err in
+            PluginSDK.run(err) { () throws(PluginFailure) in
+                guard let host else { throw PluginFailure(CA_ERR_INVALID_ARGUMENT, "no host table") }
+                state!.pointee = Unmanaged.passRetained(FileImageFetcher(host: PluginHostAPI(host))).toOpaque()
+            }
+        },
+        shutdown: { state in if let state { Unmanaged<FileImageFetcher>.fromOpaque(state).release() } },
+        supports_ref: { _, ref in
+            guard let ref else { return 0 }
+            return FileImageFetcher.sourcePath(String(cString: ref)) != nil ? 1 : 0
+        },
+        fetch: { state, json, out, err in
+            PluginSDK.runJSON(out, err) { () throws(PluginFailure) in
+                let f = Unmanaged<FileImageFetcher>.fromOpaque(state!).takeUnretainedValue()
+                return try f.fetch(PluginSDK.parse(json, what: "request"))
+            }
+        }))
+    return v
+}()
+
+nonisolated(unsafe) private let descriptor = PluginSDK.makeDescriptor(
+    kind: CA_PLUGIN_KIND_IMAGE_FETCH, name: "file", version: "1.0.0",
+    description: "copies file:// images (checksum-verified) to the instance disk", vtable: UnsafeRawPointer(vtable))
+
+@_cdecl("compute_agent_plugin_entry")
+public func computeAgentPluginEntry() -> UnsafePointer<ca_plugin_descriptor> { descriptor }

@@ -1,0 +1,215 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Everything the agent reads from `/etc/compute-agent/compute-agent.conf`.
+///
+/// Every option has a default (so an empty file is a valid configuration), a documented
+/// meaning (`packaging/compute-agent.conf` lists them all) and a validation that names the
+/// file, line and option on error. Sections named after a configured plugin
+/// (`[libvirt]` for `compute_driver = libvirt`, …) belong to that plugin: the agent does
+/// not interpret them, the plugin reads them through the host table.
+public struct AgentConfiguration: Sendable {
+    // [DEFAULT]
+    public var host: String
+    public var transportURL: String
+    public var controlExchange: String
+    public var reportInterval: Double
+    public var periodicInterval: Double
+    public var statePath: String
+    public var pluginDir: String
+    public var computeDriver: String
+    public var imageFetcher: String
+    public var networkPlugin: String
+    public var debug: Bool
+    public var pluginCallTimeout: Double
+    public var pluginThreads: Int
+    public var rpcResponseTimeout: Double
+    // [oslo_messaging_rabbit]
+    public var heartbeatTimeoutThreshold: Int
+    public var qosPrefetchCount: Int
+    public var quorumQueues: Bool
+    public var transientQueuesTTL: Int
+    public var durableQueues: Bool
+
+    /// Options of each plugin's own section, by section name.
+    public var pluginSections: [String: [String: String]]
+
+    /// Where each option came from (nil for defaults), for errors found after parsing.
+    public var sourceFile: String
+    public var optionLines: [String: Int]
+
+    /// The configuration with every option at its default.
+    public static func defaults() -> AgentConfiguration {
+        AgentConfiguration(
+            host: AgentConfiguration.systemHostName(),
+            transportURL: "rabbit://guest:guest@localhost:5672/",
+            controlExchange: "nova",
+            reportInterval: 10, periodicInterval: 60,
+            statePath: "/var/lib/compute-agent",
+            pluginDir: "/usr/lib/compute-agent/plugins",
+            computeDriver: "libvirt", imageFetcher: "file", networkPlugin: "noop",
+            debug: false, pluginCallTimeout: 300, pluginThreads: 8, rpcResponseTimeout: 60,
+            heartbeatTimeoutThreshold: 60, qosPrefetchCount: 64, quorumQueues: false,
+            transientQueuesTTL: 1800, durableQueues: false,
+            pluginSections: [:], sourceFile: "<defaults>", optionLines: [:])
+    }
+
+    /// The options the agent itself knows, per section. Anything else in these sections is
+    /// an error (a typo must not silently fall back to a default).
+    public static let knownOptions: [String: Set<String>] = [
+        "DEFAULT": ["host", "transport_url", "control_exchange", "report_interval",
+                    "periodic_interval", "state_path", "plugin_dir", "compute_driver",
+                    "image_fetcher", "network_plugin", "debug", "plugin_call_timeout",
+                    "plugin_threads", "rpc_response_timeout"],
+        "oslo_messaging_rabbit": ["heartbeat_timeout_threshold", "rabbit_qos_prefetch_count",
+                                  "rabbit_quorum_queue", "rabbit_transient_queues_ttl",
+                                  "amqp_durable_queues"],
+    ]
+
+    /// Reads and validates a configuration file.
+    public static func load(path: String) throws(ConfigError) -> AgentConfiguration {
+        guard let text = readWholeFile(path) else {
+            throw ConfigError(file: path, line: nil, section: nil, option: nil,
+                              message: "cannot read the file: \(String(cString: strerror(errno)))")
+        }
+        return try parse(IniFile(path: path, text: text))
+    }
+
+    /// Validates an already parsed INI file.
+    public static func parse(_ ini: IniFile) throws(ConfigError) -> AgentConfiguration {
+        var c = AgentConfiguration.defaults()
+        c.sourceFile = ini.path
+        var reader = OptionReader(ini: ini)
+
+        c.host = try reader.string("DEFAULT", "host", c.host, nonEmpty: true)
+        c.transportURL = try reader.string("DEFAULT", "transport_url", c.transportURL, nonEmpty: true)
+        c.controlExchange = try reader.string("DEFAULT", "control_exchange", c.controlExchange, nonEmpty: true)
+        c.reportInterval = try reader.seconds("DEFAULT", "report_interval", c.reportInterval)
+        c.periodicInterval = try reader.seconds("DEFAULT", "periodic_interval", c.periodicInterval)
+        c.statePath = try reader.path("DEFAULT", "state_path", c.statePath)
+        c.pluginDir = try reader.path("DEFAULT", "plugin_dir", c.pluginDir)
+        c.computeDriver = try reader.pluginName("DEFAULT", "compute_driver", c.computeDriver)
+        c.imageFetcher = try reader.pluginName("DEFAULT", "image_fetcher", c.imageFetcher)
+        c.networkPlugin = try reader.pluginName("DEFAULT", "network_plugin", c.networkPlugin)
+        c.debug = try reader.bool("DEFAULT", "debug", c.debug)
+        c.pluginCallTimeout = try reader.seconds("DEFAULT", "plugin_call_timeout", c.pluginCallTimeout)
+        c.pluginThreads = try reader.int("DEFAULT", "plugin_threads", c.pluginThreads, range: 1...256)
+        c.rpcResponseTimeout = try reader.seconds("DEFAULT", "rpc_response_timeout", c.rpcResponseTimeout)
+
+        let r = "oslo_messaging_rabbit"
+        c.heartbeatTimeoutThreshold = try reader.int(r, "heartbeat_timeout_threshold", c.heartbeatTimeoutThreshold, range: 0...3600)
+        c.qosPrefetchCount = try reader.int(r, "rabbit_qos_prefetch_count", c.qosPrefetchCount, range: 1...65535)
+        c.quorumQueues = try reader.bool(r, "rabbit_quorum_queue", c.quorumQueues)
+        c.transientQueuesTTL = try reader.int(r, "rabbit_transient_queues_ttl", c.transientQueuesTTL, range: 1...Int(Int32.max / 1000))
+        c.durableQueues = try reader.bool(r, "amqp_durable_queues", c.durableQueues)
+
+        // Plugin sections are free-form; any other section is unknown.
+        let pluginNames: Set<String> = [c.computeDriver, c.imageFetcher, c.networkPlugin]
+        for (section, entries) in ini.sections {
+            if let known = knownOptions[section] {
+                for (option, entry) in entries where !known.contains(option) {
+                    throw ConfigError(file: ini.path, line: entry.line, section: section, option: option,
+                                      message: "unknown option")
+                }
+            } else if pluginNames.contains(section) {
+                c.pluginSections[section] = entries.mapValues(\.value)
+                for (option, entry) in entries { c.optionLines["\(section).\(option)"] = entry.line }
+            } else {
+                throw ConfigError(
+                    file: ini.path, line: ini.sectionLines[section], section: section, option: nil,
+                    message: "unknown section (known: DEFAULT, oslo_messaging_rabbit, and one per configured plugin: \(pluginNames.sorted().joined(separator: ", ")))")
+            }
+        }
+        c.optionLines.merge(reader.lines) { a, _ in a }
+        return c
+    }
+
+    /// A ConfigError located at an option of this configuration (for checks made after
+    /// parsing, such as the transport URL's syntax or a plugin's refusal of its options).
+    public func error(section: String, option: String?, _ message: String) -> ConfigError {
+        let line = option.flatMap { optionLines["\(section).\($0)"] }
+        return ConfigError(file: sourceFile, line: line, section: section, option: option, message: message)
+    }
+
+    public static func systemHostName() -> String {
+        var buf = [CChar](repeating: 0, count: 256)
+        guard gethostname(&buf, buf.count - 1) == 0 else { return "localhost" }
+        let name = String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        return name.isEmpty ? "localhost" : name
+    }
+}
+
+/// Reads typed options out of an IniFile, remembering the line each came from.
+private struct OptionReader {
+    let ini: IniFile
+    var lines: [String: Int] = [:]
+
+    mutating func raw(_ section: String, _ option: String) -> IniFile.Entry? {
+        guard let e = ini.sections[section]?[option] else { return nil }
+        lines["\(section).\(option)"] = e.line
+        return e
+    }
+
+    func fail(_ section: String, _ option: String, _ e: IniFile.Entry, _ message: String) -> ConfigError {
+        ConfigError(file: ini.path, line: e.line, section: section, option: option, message: message)
+    }
+
+    mutating func string(_ s: String, _ o: String, _ d: String, nonEmpty: Bool = false) throws(ConfigError) -> String {
+        guard let e = raw(s, o) else { return d }
+        if nonEmpty && e.value.isEmpty { throw fail(s, o, e, "must not be empty") }
+        return e.value
+    }
+
+    mutating func path(_ s: String, _ o: String, _ d: String) throws(ConfigError) -> String {
+        guard let e = raw(s, o) else { return d }
+        guard e.value.hasPrefix("/") else { throw fail(s, o, e, "must be an absolute path, got '\(e.value)'") }
+        return e.value
+    }
+
+    mutating func pluginName(_ s: String, _ o: String, _ d: String) throws(ConfigError) -> String {
+        guard let e = raw(s, o) else { return d }
+        let ok = !e.value.isEmpty && e.value.utf8.allSatisfy {
+            ($0 >= 0x61 && $0 <= 0x7A) || ($0 >= 0x30 && $0 <= 0x39) || $0 == 0x5F || $0 == 0x2D
+        }
+        guard ok else { throw fail(s, o, e, "'\(e.value)' is not a plugin name (lower-case letters, digits, '_' and '-')") }
+        return e.value
+    }
+
+    mutating func bool(_ s: String, _ o: String, _ d: Bool) throws(ConfigError) -> Bool {
+        guard let e = raw(s, o) else { return d }
+        switch e.value.lowercased() {
+        case "true", "yes", "on", "1": return true
+        case "false", "no", "off", "0": return false
+        default: throw fail(s, o, e, "expected true or false, got '\(e.value)'")
+        }
+    }
+
+    mutating func int(_ s: String, _ o: String, _ d: Int, range: ClosedRange<Int>) throws(ConfigError) -> Int {
+        guard let e = raw(s, o) else { return d }
+        guard let v = Int(e.value) else { throw fail(s, o, e, "expected an integer, got '\(e.value)'") }
+        guard range.contains(v) else { throw fail(s, o, e, "\(v) is out of range \(range.lowerBound)...\(range.upperBound)") }
+        return v
+    }
+
+    mutating func seconds(_ s: String, _ o: String, _ d: Double) throws(ConfigError) -> Double {
+        guard let e = raw(s, o) else { return d }
+        guard let v = Double(e.value), v.isFinite else { throw fail(s, o, e, "expected a number of seconds, got '\(e.value)'") }
+        guard v > 0 && v <= 86_400 else { throw fail(s, o, e, "\(e.value) s is out of range (0, 86400]") }
+        return v
+    }
+}
+
+func readWholeFile(_ path: String) -> String? {
+    guard let f = fopen(path, "rb") else { return nil }
+    defer { fclose(f) }
+    var data = [UInt8]()
+    var chunk = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let n = fread(&chunk, 1, chunk.count, f)
+        if n > 0 { data.append(contentsOf: chunk[0..<n]) }
+        if n < chunk.count { break }
+    }
+    if ferror(f) != 0 { return nil }
+    return String(decoding: data, as: UTF8.self)
+}

@@ -1,0 +1,60 @@
+/// A parsed INI file in the style of `nova.conf`: `[section]` headers, `option = value`
+/// lines, `#` and `;` comments. Keeps the line of every option for error messages.
+public struct IniFile: Sendable {
+    public struct Entry: Sendable, Equatable {
+        public var value: String
+        public var line: Int
+    }
+
+    public let path: String
+    /// section name → option name → entry. Section and option names are kept as written.
+    public private(set) var sections: [String: [String: Entry]] = [:]
+    /// The line of each section header, for errors about a whole section.
+    public private(set) var sectionLines: [String: Int] = [:]
+
+    /// Parses `text`. `path` is used only in error messages.
+    public init(path: String, text: String) throws(ConfigError) {
+        self.path = path
+        var current: String?
+        var lineNumber = 0
+        for rawLine in text.split(separator: "\n", omittingEmptySubsequences: false) {
+            lineNumber += 1
+            let line = rawLine.trimmingWhitespace()
+            if line.isEmpty || line.hasPrefix("#") || line.hasPrefix(";") { continue }
+            if line.hasPrefix("[") {
+                guard line.hasSuffix("]"), line.count > 2 else {
+                    throw ConfigError(file: path, line: lineNumber, section: nil, option: nil,
+                                      message: "malformed section header '\(line)'")
+                }
+                let name = String(line.dropFirst().dropLast()).trimmingWhitespace()
+                current = name
+                if sections[name] == nil { sections[name] = [:]; sectionLines[name] = lineNumber }
+                continue
+            }
+            guard let eq = line.firstIndex(where: { $0 == "=" || $0 == ":" }) else {
+                throw ConfigError(file: path, line: lineNumber, section: current, option: nil,
+                                  message: "expected 'option = value'")
+            }
+            let option = String(line[..<eq]).trimmingWhitespace()
+            let value = String(line[line.index(after: eq)...]).trimmingWhitespace()
+            guard let section = current else {
+                throw ConfigError(file: path, line: lineNumber, section: nil, option: option,
+                                  message: "option outside of any [section]")
+            }
+            guard !option.isEmpty else {
+                throw ConfigError(file: path, line: lineNumber, section: section, option: nil,
+                                  message: "empty option name")
+            }
+            sections[section, default: [:]][option] = Entry(value: value, line: lineNumber)
+        }
+    }
+}
+
+extension StringProtocol {
+    func trimmingWhitespace() -> String {
+        var s = Substring(self)
+        while let f = s.first, f == " " || f == "\t" || f == "\r" { s.removeFirst() }
+        while let l = s.last, l == " " || l == "\t" || l == "\r" { s.removeLast() }
+        return String(s)
+    }
+}

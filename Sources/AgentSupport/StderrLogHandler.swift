@@ -1,0 +1,79 @@
+import Logging
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A swift-log backend that writes one readable line per entry to standard error:
+///
+///     2026-11-23T10:15:02.123Z INFO  [compute-agent] rpc handled method=ping duration_ms=0.4 request_id=req-…
+///
+/// Metadata is printed as `key=value` pairs sorted by key, so lines grep well. Writes are
+/// a single `write(2)` per line, so lines from different threads never interleave.
+public struct StderrLogHandler: LogHandler {
+    public var metadata: Logger.Metadata = [:]
+    public var logLevel: Logger.Level
+    private let label: String
+
+    public init(label: String, level: Logger.Level = .info) {
+        self.label = label
+        self.logLevel = level
+    }
+
+    public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    public func log(event: LogEvent) {
+        let level = event.level, message = event.message
+        var all = metadata
+        if let explicit = event.metadata { all.merge(explicit) { _, new in new } }
+        if let error = event.error { all["error"] = "\(error)" }
+        var out = StderrLogHandler.timestamp()
+        out += " "
+        out += StderrLogHandler.levelName(level)
+        out += " ["
+        out += label
+        out += "] "
+        out += message.description
+        for key in all.keys.sorted() {
+            out += " \(key)=\(all[key]!)"
+        }
+        out += "\n"
+        var bytes = Array(out.utf8)
+        bytes.withUnsafeMutableBytes { buf in
+            var off = 0
+            while off < buf.count {
+                let n = write(2, buf.baseAddress! + off, buf.count - off)
+                if n <= 0 { break }
+                off += n
+            }
+        }
+    }
+
+    static func levelName(_ level: Logger.Level) -> String {
+        switch level {
+        case .trace: return "TRACE"
+        case .debug: return "DEBUG"
+        case .info: return "INFO "
+        case .notice: return "NOTE "
+        case .warning: return "WARN "
+        case .error: return "ERROR"
+        case .critical: return "CRIT "
+        }
+    }
+
+    static func timestamp() -> String {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        var t = tm()
+        var secs = ts.tv_sec
+        gmtime_r(&secs, &t)
+        func pad(_ v: Int32, _ w: Int) -> String {
+            let s = String(v)
+            return String(repeating: "0", count: max(0, w - s.count)) + s
+        }
+        return "\(t.tm_year + 1900)-\(pad(t.tm_mon + 1, 2))-\(pad(t.tm_mday, 2))T\(pad(t.tm_hour, 2)):\(pad(t.tm_min, 2)):\(pad(t.tm_sec, 2)).\(pad(Int32(ts.tv_nsec / 1_000_000), 3))Z"
+    }
+}

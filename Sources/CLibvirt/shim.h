@@ -1,0 +1,3 @@
+#pragma once
+#include <libvirt/libvirt.h>
+#include <libvirt/virterror.h>

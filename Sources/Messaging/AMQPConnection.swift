@@ -1,0 +1,230 @@
+import CRabbitMQ
+import RabbitMQShim
+import AgentSupport
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Why an AMQP operation failed. The text never contains a password.
+public struct AMQPError: Error, CustomStringConvertible, Sendable {
+    public let message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+/// One message taken from a queue.
+public struct AMQPDelivery: Sendable {
+    public var body: [UInt8]
+    public var deliveryTag: UInt64
+    public var exchange: String
+    public var routingKey: String
+    public var consumerTag: String
+    public var redelivered: Bool
+    /// Which connection (reconnects count up) delivered it: acks for an older generation
+    /// are meaningless and dropped.
+    public var generation: UInt64
+}
+
+/// A librabbitmq connection with one channel (number 1).
+///
+/// Not thread-safe, like librabbitmq itself: it is created, used and destroyed by the one
+/// thread of its `AMQPWorker`. It is deliberately not `Sendable`.
+public final class AMQPConnection {
+    let state: amqp_connection_state_t
+    let channel: amqp_channel_t = 1
+    private var open = false
+    private var declaredExchanges: Set<String> = []
+    /// The first error this connection hit. In AMQP a failed declare or publish closes the
+    /// channel, so after any error the connection is replaced by a new one.
+    private(set) var lastError: AMQPError?
+    var isHealthy: Bool { lastError == nil }
+
+    init(broker: TransportURL.Broker, virtualHost: String, heartbeat: Int, connectTimeout: Double,
+         connectionName: String) throws(AMQPError)
+    {
+        guard let conn = amqp_new_connection() else { throw AMQPError("out of memory creating an AMQP connection") }
+        state = conn
+        guard let socket = amqp_tcp_socket_new(conn) else {
+            amqp_destroy_connection(conn)
+            throw AMQPError("cannot create a TCP socket")
+        }
+        var tv = timeval(tv_sec: Int(connectTimeout), tv_usec: Int((connectTimeout - Double(Int(connectTimeout))) * 1e6))
+        let rc = amqp_socket_open_noblock(socket, broker.host, Int32(broker.port), &tv)
+        if rc != AMQP_STATUS_OK.rawValue {
+            amqp_destroy_connection(conn)
+            throw AMQPError("cannot connect to \(broker.host):\(broker.port): \(String(cString: amqp_error_string2(rc)))")
+        }
+        var err = [CChar](repeating: 0, count: 512)
+        if ca_amqp_login(conn, virtualHost, 2047, 131072, Int32(heartbeat), broker.user, broker.password,
+                         connectionName, &err, err.count) != 0
+        {
+            amqp_destroy_connection(conn)
+            throw AMQPError("\(broker.host):\(broker.port): \(String(nulTerminated: err))")
+        }
+        amqp_channel_open(conn, channel)
+        let reply = amqp_get_rpc_reply(conn)
+        if reply.reply_type != AMQP_RESPONSE_NORMAL {
+            ca_amqp_describe_reply(reply, "channel.open", &err, err.count)
+            amqp_destroy_connection(conn)
+            throw AMQPError(String(nulTerminated: err))
+        }
+        open = true
+    }
+
+    deinit {
+        if open {
+            amqp_channel_close(state, channel, AMQP_REPLY_SUCCESS)
+            amqp_connection_close(state, AMQP_REPLY_SUCCESS)
+        }
+        amqp_destroy_connection(state)
+    }
+
+    private func failed(_ e: AMQPError) -> AMQPError {
+        if lastError == nil { lastError = e }
+        return e
+    }
+
+    /// Marks the connection dead so deinit does not try a polite close on a broken socket.
+    func markBroken() { open = false }
+
+    private func run(_ body: (UnsafeMutablePointer<CChar>, Int) -> Int32) throws(AMQPError) {
+        var err = [CChar](repeating: 0, count: 512)
+        let rc = err.withUnsafeMutableBufferPointer { body($0.baseAddress!, $0.count) }
+        if rc != 0 { throw failed(AMQPError(String(nulTerminated: err))) }
+    }
+
+    public func declareExchange(_ name: String, type: String, durable: Bool, autoDelete: Bool) throws(AMQPError) {
+        try run { ca_amqp_exchange_declare(state, channel, name, type, durable ? 1 : 0, autoDelete ? 1 : 0, $0, $1) }
+        declaredExchanges.insert(name)
+    }
+
+    public func declareQueue(_ name: String, durable: Bool, exclusive: Bool = false, autoDelete: Bool,
+                             expiresMs: Int64 = 0, quorum: Bool = false) throws(AMQPError)
+    {
+        try run { ca_amqp_queue_declare(state, channel, name, durable ? 1 : 0, exclusive ? 1 : 0, autoDelete ? 1 : 0, expiresMs, quorum ? 1 : 0, $0, $1) }
+    }
+
+    public func bindQueue(_ queue: String, exchange: String, routingKey: String) throws(AMQPError) {
+        try run { ca_amqp_queue_bind(state, channel, queue, exchange, routingKey, $0, $1) }
+    }
+
+    public func deleteQueue(_ queue: String) throws(AMQPError) {
+        try run { ca_amqp_queue_delete(state, channel, queue, $0, $1) }
+    }
+
+    public func qos(prefetch: Int) throws(AMQPError) {
+        try run { ca_amqp_basic_qos(state, channel, UInt16(clamping: prefetch), $0, $1) }
+    }
+
+    public func consume(queue: String, consumerTag: String) throws(AMQPError) {
+        try run { ca_amqp_basic_consume(state, channel, queue, consumerTag, $0, $1) }
+    }
+
+    /// Publishes a JSON body with oslo.messaging's properties.
+    public func publish(exchange: String, routingKey: String, body: [UInt8], mandatory: Bool,
+                        expiration: String?) throws(AMQPError)
+    {
+        try run { err, len in
+            body.withUnsafeBytes { b in
+                if let expiration {
+                    return ca_amqp_publish_json(state, channel, exchange, routingKey, mandatory ? 1 : 0, b.baseAddress, b.count, expiration, err, len)
+                }
+                return ca_amqp_publish_json(state, channel, exchange, routingKey, mandatory ? 1 : 0, b.baseAddress, b.count, nil, err, len)
+            }
+        }
+    }
+
+    /// Declares `name` with the given flags unless this connection already did.
+    public func ensureExchange(_ name: String, type: String, durable: Bool, autoDelete: Bool) throws(AMQPError) {
+        if name.isEmpty || declaredExchanges.contains(name) { return }
+        try declareExchange(name, type: type, durable: durable, autoDelete: autoDelete)
+    }
+
+    func ack(_ tag: UInt64) throws(AMQPError) {
+        let rc = amqp_basic_ack(state, channel, tag, 0)
+        if rc != 0 { throw failed(AMQPError("basic.ack: \(String(cString: amqp_error_string2(rc)))")) }
+    }
+
+    func reject(_ tag: UInt64, requeue: Bool) throws(AMQPError) {
+        let rc = amqp_basic_reject(state, channel, tag, requeue ? 1 : 0)
+        if rc != 0 { throw failed(AMQPError("basic.reject: \(String(cString: amqp_error_string2(rc)))")) }
+    }
+
+    var socketFD: Int32 { amqp_get_sockfd(state) }
+    var hasBufferedInput: Bool { amqp_data_in_buffer(state) != 0 || amqp_frames_enqueued(state) != 0 }
+
+    enum ReadResult {
+        case delivery(AMQPDelivery)
+        case returned(routingKey: String, replyText: String)
+        case nothing
+    }
+
+    /// Reads one message without waiting (beyond finishing a frame already under way).
+    /// Also lets librabbitmq send and check heartbeats.
+    func readNonBlocking(generation: UInt64) throws(AMQPError) -> ReadResult {
+        amqp_maybe_release_buffers(state)
+        var envelope = amqp_envelope_t()
+        var tv = timeval(tv_sec: 0, tv_usec: 0)
+        let reply = amqp_consume_message(state, &envelope, &tv, 0)
+        if reply.reply_type == AMQP_RESPONSE_NORMAL {
+            defer { amqp_destroy_envelope(&envelope) }
+            let body: [UInt8]
+            if envelope.message.body.len > 0, let p = envelope.message.body.bytes {
+                body = Array(UnsafeRawBufferPointer(start: p, count: envelope.message.body.len))
+            } else {
+                body = []
+            }
+            return .delivery(AMQPDelivery(
+                body: body, deliveryTag: envelope.delivery_tag,
+                exchange: Self.string(envelope.exchange), routingKey: Self.string(envelope.routing_key),
+                consumerTag: Self.string(envelope.consumer_tag), redelivered: envelope.redelivered != 0,
+                generation: generation))
+        }
+        if reply.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION {
+            if reply.library_error == AMQP_STATUS_TIMEOUT.rawValue { return .nothing }
+            if reply.library_error == AMQP_STATUS_UNEXPECTED_STATE.rawValue {
+                return try readOtherFrame()
+            }
+        }
+        var err = [CChar](repeating: 0, count: 512)
+        ca_amqp_describe_reply(reply, "consume", &err, err.count)
+        throw AMQPError(String(nulTerminated: err))
+    }
+
+    /// A frame other than basic.deliver arrived: a returned (unroutable mandatory) message,
+    /// a publisher ack, or the broker closing the channel or connection.
+    private func readOtherFrame() throws(AMQPError) -> ReadResult {
+        var frame = amqp_frame_t()
+        let rc = amqp_simple_wait_frame(state, &frame)
+        if rc != AMQP_STATUS_OK.rawValue { throw AMQPError("reading frame: \(String(cString: amqp_error_string2(rc)))") }
+        guard frame.frame_type == ca_amqp_frame_method() else { return .nothing }
+        let id = frame.payload.method.id
+        if id == ca_amqp_method_basic_return() {
+            let ret = frame.payload.method.decoded.assumingMemoryBound(to: amqp_basic_return_t.self).pointee
+            let key = Self.string(ret.routing_key)
+            let text = Self.string(ret.reply_text)
+            var message = amqp_message_t()
+            let r = amqp_read_message(state, frame.channel, &message, 0)
+            if r.reply_type == AMQP_RESPONSE_NORMAL { amqp_destroy_message(&message) }
+            return .returned(routingKey: key, replyText: text)
+        }
+        if id == ca_amqp_method_basic_ack() { return .nothing }
+        if id == ca_amqp_method_channel_close() {
+            let m = frame.payload.method.decoded.assumingMemoryBound(to: amqp_channel_close_t.self).pointee
+            markBroken()
+            throw AMQPError("broker closed the channel: \(m.reply_code) \(Self.string(m.reply_text))")
+        }
+        if id == ca_amqp_method_connection_close() {
+            let m = frame.payload.method.decoded.assumingMemoryBound(to: amqp_connection_close_t.self).pointee
+            markBroken()
+            throw AMQPError("broker closed the connection: \(m.reply_code) \(Self.string(m.reply_text))")
+        }
+        return .nothing
+    }
+
+    static func string(_ b: amqp_bytes_t) -> String {
+        guard b.len > 0, let p = b.bytes else { return "" }
+        return String(decoding: UnsafeRawBufferPointer(start: p, count: b.len), as: UTF8.self)
+    }
+}

@@ -1,0 +1,315 @@
+import AgentSupport
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Owns one AMQP connection and the one OS thread that does all of its I/O.
+///
+/// librabbitmq connections are not thread-safe, and `amqp_consume_message` blocks, so the
+/// connection lives on its own thread (never on Swift's cooperative pool). The rest of the
+/// agent talks to it through `perform` (async, runs a closure on the connection's thread)
+/// and `ack`; deliveries come out through `onDelivery`, called on the connection thread,
+/// which must only hand them on (e.g. into an `AsyncStream`).
+///
+/// The worker reconnects by itself: on any connection error it fails the commands queued
+/// for that connection, waits with capped exponential backoff and jitter, tries the next
+/// broker of the transport URL, and runs `setup` again (declares, consumes).
+public final class AMQPWorker: Sendable {
+    public enum Event: Sendable {
+        case connected(broker: String, generation: UInt64)
+        case connectionFailed(reason: String, attempt: Int, retryIn: Double)
+        case returned(routingKey: String, replyText: String)
+    }
+
+    public struct Options: Sendable {
+        public var url: TransportURL
+        public var heartbeat: Int = 60
+        public var connectTimeout: Double = 5
+        public var connectionName: String
+        public var threadName: String
+        public var maxBackoff: Double = 30
+
+        public init(url: TransportURL, connectionName: String, threadName: String) {
+            self.url = url
+            self.connectionName = connectionName
+            self.threadName = threadName
+        }
+    }
+
+    private struct Command: Sendable {
+        let run: @Sendable (AMQPConnection, UInt64) -> Void
+        let fail: @Sendable (AMQPError) -> Void
+    }
+
+    private struct State {
+        var commands: [Command] = []
+        var stopping = false
+        var wakePending = false
+        var started = false
+        var stopped: [CheckedContinuation<Void, Never>] = []
+        var finished = false
+        var connected = false
+        var connectWaiters: [CheckedContinuation<Void, Never>] = []
+    }
+
+    private let options: Options
+    private let setup: @Sendable (AMQPConnection) throws(AMQPError) -> Void
+    private let onDelivery: @Sendable (AMQPDelivery) -> Void
+    private let onEvent: @Sendable (Event) -> Void
+    private let state = Mutex(State())
+    private let wakeRead: Int32
+    private let wakeWrite: Int32
+
+    /// - Parameters:
+    ///   - setup: runs on the connection thread after every (re)connect: declare the
+    ///     topology and start consumers. A thrown error counts as a failed connection.
+    ///   - onDelivery: called on the connection thread for every delivered message.
+    ///   - onEvent: connection state changes and returned messages, on the connection thread.
+    public init(options: Options,
+                setup: @escaping @Sendable (AMQPConnection) throws(AMQPError) -> Void = { _ throws(AMQPError) in },
+                onDelivery: @escaping @Sendable (AMQPDelivery) -> Void = { _ in },
+                onEvent: @escaping @Sendable (Event) -> Void = { _ in })
+    {
+        self.options = options
+        self.setup = setup
+        self.onDelivery = onDelivery
+        self.onEvent = onEvent
+        var fds: [Int32] = [0, 0]
+        precondition(pipe(&fds) == 0, "pipe() failed")
+        _ = fcntl(fds[0], F_SETFL, O_NONBLOCK)
+        _ = fcntl(fds[1], F_SETFL, O_NONBLOCK)
+        _ = fcntl(fds[0], F_SETFD, FD_CLOEXEC)
+        _ = fcntl(fds[1], F_SETFD, FD_CLOEXEC)
+        wakeRead = fds[0]
+        wakeWrite = fds[1]
+    }
+
+    deinit {
+        close(wakeRead)
+        close(wakeWrite)
+    }
+
+    /// Starts the connection thread. It connects at once and keeps reconnecting until `stop`.
+    public func start() {
+        let first = state.withLock { s -> Bool in
+            if s.started { return false }
+            s.started = true
+            return true
+        }
+        guard first else { return }
+        startDedicatedThread(name: options.threadName) { [self] in threadMain() }
+    }
+
+    /// Closes the connection politely and waits for the thread to end. Commands still
+    /// queued fail with "worker stopped".
+    public func stop() async {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let done = state.withLock { s -> Bool in
+                if s.finished || !s.started { return true }
+                s.stopping = true
+                s.stopped.append(c)
+                return false
+            }
+            if done { c.resume() } else { wake() }
+        }
+    }
+
+    /// Waits until the worker is connected (immediately if it is). Returns early if stopped.
+    public func waitUntilConnected() async {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let now = state.withLock { s -> Bool in
+                if s.connected || s.finished { return true }
+                s.connectWaiters.append(c)
+                return false
+            }
+            if now { c.resume() }
+        }
+    }
+
+    public var isConnected: Bool { state.withLock { $0.connected } }
+
+    /// Runs `body` on the connection thread with the live connection and returns its result.
+    /// Fails if the connection breaks before or while it runs (the command is not retried:
+    /// the caller decides whether a publish is worth retrying).
+    public func perform<T: Sendable>(_ body: @escaping @Sendable (AMQPConnection) throws(AMQPError) -> T) async throws(AMQPError) -> T {
+        let result: Result<T, AMQPError> = await withCheckedContinuation { c in
+            let once = ResumeOnce(c)
+            enqueue(Command(
+                run: { conn, _ in
+                    do throws(AMQPError) { once.resume(.success(try body(conn))) } catch { once.resume(.failure(error)); }
+                },
+                fail: { once.resume(.failure($0)) }))
+        }
+        return try result.get()
+    }
+
+    /// Acknowledges a delivery (fire and forget). Ignored if the delivering connection is gone:
+    /// the broker has already requeued the message.
+    public func ack(_ delivery: AMQPDelivery) {
+        let tag = delivery.deliveryTag, gen = delivery.generation
+        enqueue(Command(run: { conn, current in
+            if current == gen { try? conn.ack(tag) }
+        }, fail: { _ in }))
+    }
+
+    /// Rejects a delivery; `requeue` puts it back for another consumer.
+    public func reject(_ delivery: AMQPDelivery, requeue: Bool) {
+        let tag = delivery.deliveryTag, gen = delivery.generation
+        enqueue(Command(run: { conn, current in
+            if current == gen { try? conn.reject(tag, requeue: requeue) }
+        }, fail: { _ in }))
+    }
+
+    private func enqueue(_ command: Command) {
+        let (needWake, rejected) = state.withLock { s -> (Bool, Bool) in
+            if s.finished || s.stopping { return (false, true) }
+            s.commands.append(command)
+            if s.wakePending { return (false, false) }
+            s.wakePending = true
+            return (true, false)
+        }
+        if rejected { command.fail(AMQPError("the AMQP connection worker is stopped")); return }
+        if needWake { wake() }
+    }
+
+    private func wake() {
+        var b: UInt8 = 1
+        _ = write(wakeWrite, &b, 1)
+    }
+
+    private func drainWakePipe() {
+        var buf = [UInt8](repeating: 0, count: 64)
+        while read(wakeRead, &buf, buf.count) > 0 {}
+    }
+
+    // MARK: - The connection thread
+
+    private func threadMain() {
+        var attempt = 0
+        var brokerIndex = 0
+        var generation: UInt64 = 0
+        let brokers = options.url.brokers
+        while !state.withLock({ $0.stopping }) {
+            let broker = brokers[brokerIndex % brokers.count]
+            var conn: AMQPConnection?
+            do throws(AMQPError) {
+                let c = try AMQPConnection(broker: broker, virtualHost: options.url.virtualHost,
+                                           heartbeat: options.heartbeat, connectTimeout: options.connectTimeout,
+                                           connectionName: options.connectionName)
+                conn = c
+                try setup(c)
+                generation += 1
+                attempt = 0
+                let waiters = state.withLock { s -> [CheckedContinuation<Void, Never>] in
+                    s.connected = true
+                    defer { s.connectWaiters = [] }
+                    return s.connectWaiters
+                }
+                onEvent(.connected(broker: "\(broker.host):\(broker.port)", generation: generation))
+                for w in waiters { w.resume() }
+                try serve(c, generation: generation)
+                break  // stopping: `c` closes politely when released
+            } catch {
+                conn?.markBroken()
+                conn = nil
+                state.withLock { $0.connected = false }
+                failQueued(error)
+                attempt += 1
+                brokerIndex += 1
+                let base = min(options.maxBackoff, 0.5 * Double(1 << min(attempt, 10)))
+                let delay = base * Double.random(in: 0.5...1.0)
+                onEvent(.connectionFailed(reason: error.message, attempt: attempt, retryIn: delay))
+                sleepInterruptibly(delay)
+            }
+            _ = conn
+        }
+        let (stopped, waiters) = state.withLock { s -> ([CheckedContinuation<Void, Never>], [CheckedContinuation<Void, Never>]) in
+            s.finished = true
+            s.connected = false
+            defer { s.stopped = []; s.connectWaiters = [] }
+            return (s.stopped, s.connectWaiters)
+        }
+        failQueued(AMQPError("the AMQP connection worker is stopped"))
+        for w in waiters { w.resume() }
+        for c in stopped { c.resume() }
+    }
+
+    private func failQueued(_ error: AMQPError) {
+        let cmds = state.withLock { s -> [Command] in
+            defer { s.commands = [] }
+            return s.commands
+        }
+        for c in cmds { c.fail(error) }
+    }
+
+    private func sleepInterruptibly(_ seconds: Double) {
+        let deadline = monotonicSeconds() + seconds
+        while !state.withLock({ $0.stopping }) {
+            let left = deadline - monotonicSeconds()
+            if left <= 0 { return }
+            var p = pollfd(fd: wakeRead, events: Int16(POLLIN), revents: 0)
+            _ = poll(&p, 1, Int32(min(left, 1.0) * 1000) + 1)
+            drainWakePipe()
+            state.withLock { $0.wakePending = false }
+        }
+    }
+
+    /// Serves a live connection until stop (returns) or an error (throws).
+    private func serve(_ conn: AMQPConnection, generation: UInt64) throws(AMQPError) {
+        while true {
+            drainWakePipe()
+            let (commands, stopping) = state.withLock { s -> ([Command], Bool) in
+                s.wakePending = false
+                defer { s.commands = [] }
+                return (s.commands, s.stopping)
+            }
+            for (i, c) in commands.enumerated() {
+                c.run(conn, generation)
+                if !conn.isHealthy {
+                    for rest in commands[(i + 1)...] { rest.fail(AMQPError("connection lost")) }
+                    throw conn.lastError ?? AMQPError("connection lost")
+                }
+            }
+            if stopping { return }
+            if !conn.hasBufferedInput {
+                var fds = [pollfd(fd: conn.socketFD, events: Int16(POLLIN), revents: 0),
+                           pollfd(fd: wakeRead, events: Int16(POLLIN), revents: 0)]
+                let n = poll(&fds, 2, 1000)
+                if n < 0 && errno != EINTR { throw AMQPError("poll: \(String(cString: strerror(errno)))") }
+                if fds[0].revents & Int16(POLLERR | POLLHUP | POLLNVAL) != 0 && fds[0].revents & Int16(POLLIN) == 0 {
+                    throw AMQPError("the broker connection was closed")
+                }
+            }
+            // Read what is there (also lets librabbitmq answer and send heartbeats), but
+            // come back to queued commands (acks, replies) regularly.
+            for _ in 0..<256 {
+                switch try conn.readNonBlocking(generation: generation) {
+                case .delivery(let d): onDelivery(d)
+                case .returned(let key, let text): onEvent(.returned(routingKey: key, replyText: text))
+                case .nothing: break
+                }
+                if !conn.hasBufferedInput && !Self.socketReadable(conn.socketFD) { break }
+            }
+        }
+    }
+
+    private static func socketReadable(_ fd: Int32) -> Bool {
+        var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        return poll(&p, 1, 0) > 0
+    }
+}
+
+/// Resumes a continuation exactly once, whichever of several paths gets there first.
+final class ResumeOnce<T: Sendable>: Sendable {
+    private let continuation: Mutex<CheckedContinuation<T, Never>?>
+    init(_ c: CheckedContinuation<T, Never>) { continuation = Mutex(c) }
+    func resume(_ value: T) {
+        let c = continuation.withLock { c -> CheckedContinuation<T, Never>? in
+            defer { c = nil }
+            return c
+        }
+        c?.resume(returning: value)
+    }
+}

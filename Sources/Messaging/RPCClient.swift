@@ -1,0 +1,178 @@
+import AgentSupport
+import Synchronization
+
+/// The caller's side of oslo.messaging RPC: casts, fanout casts and calls, published the
+/// way oslo.messaging's `RPCClient` publishes them, with replies read from a private
+/// `reply_<hex>` queue. `computectl` uses it to drive agents; the agent uses it (without a
+/// reply queue) for its heartbeats and capability updates.
+public final class RPCClient: Sendable {
+    /// A call got no reply in time (oslo.messaging's `MessagingTimeout`).
+    public struct Timeout: Error, CustomStringConvertible, Sendable {
+        public let method: String
+        public let seconds: Double
+        public var description: String { "timed out after \(seconds) s waiting for a reply to \(method)" }
+    }
+
+    public struct Options: Sendable {
+        public var url: TransportURL
+        public var exchange: String
+        /// Declare a reply queue and accept `call`. Off for publish-only clients.
+        public var acceptsReplies: Bool
+        public var heartbeat: Int = 60
+        public var transientQueuesTTL: Int = 1800
+        public var connectionName: String
+        public var threadName: String
+
+        public init(url: TransportURL, exchange: String, acceptsReplies: Bool, connectionName: String,
+                    threadName: String = "amqp-client")
+        {
+            self.url = url
+            self.exchange = exchange
+            self.acceptsReplies = acceptsReplies
+            self.connectionName = connectionName
+            self.threadName = threadName
+        }
+    }
+
+    public let options: Options
+    public let replyQueue: String
+    private let worker: AMQPWorker
+    private let pending: PendingCalls
+
+    public init(options: Options, onConnectionEvent: @escaping @Sendable (AMQPWorker.Event) -> Void = { _ in }) {
+        self.options = options
+        let replyQueue = "reply_\(randomHex())"
+        self.replyQueue = replyQueue
+        let pending = PendingCalls()
+        self.pending = pending
+        var wo = AMQPWorker.Options(url: options.url, connectionName: options.connectionName, threadName: options.threadName)
+        wo.heartbeat = options.heartbeat
+        let box = WorkerBox()
+        let w = AMQPWorker(
+            options: wo,
+            setup: { conn throws(AMQPError) in
+                try conn.declareExchange(options.exchange, type: "topic", durable: false, autoDelete: false)
+                if options.acceptsReplies {
+                    try conn.declareQueue(replyQueue, durable: false, autoDelete: false,
+                                          expiresMs: Int64(options.transientQueuesTTL) * 1000)
+                    try conn.consume(queue: replyQueue, consumerTag: "1")
+                }
+            },
+            onDelivery: { delivery in
+                box.worker?.ack(delivery)
+                guard let m = try? OsloMessage.unwrap(body: delivery.body),
+                      let id = m["_msg_id"]?.stringValue,
+                      m["ending"]?.boolValue ?? true
+                else { return }
+                let outcome: Result<JSONValue, RemoteFailure>
+                if let f = m["failure"]?.stringValue {
+                    outcome = .failure(RemoteFailure(serialized: f))
+                } else {
+                    outcome = .success(m["result"] ?? .null)
+                }
+                pending.complete(id, outcome)
+            },
+            onEvent: onConnectionEvent)
+        box.worker = w
+        self.worker = w
+    }
+
+    /// Connects; returns once the reply queue (if any) is consumed.
+    public func start() async {
+        worker.start()
+        await worker.waitUntilConnected()
+    }
+
+    public func stop() async { await worker.stop() }
+
+    /// Casts `method` to `topic` (or `topic.server`); nothing comes back.
+    public func cast(topic: String, server: String? = nil, method: String, args: [String: JSONValue],
+                     version: String? = nil, context: [String: JSONValue] = [:]) async throws(AMQPError)
+    {
+        let r = RPCRequest(method: method, args: args, version: version, context: context)
+        try await publish(exchange: options.exchange, type: "topic", routingKey: server.map { "\(topic).\($0)" } ?? topic,
+                          body: OsloMessage.requestBody(r), expiration: nil)
+    }
+
+    /// Casts `method` to every server of `topic` through the `<topic>_fanout` exchange.
+    public func fanoutCast(topic: String, method: String, args: [String: JSONValue], version: String? = nil,
+                           context: [String: JSONValue] = [:]) async throws(AMQPError)
+    {
+        let r = RPCRequest(method: method, args: args, version: version, context: context)
+        try await publish(exchange: "\(topic)_fanout", type: "fanout", routingKey: "", body: OsloMessage.requestBody(r),
+                          expiration: nil)
+    }
+
+    /// Calls `method` and waits for its reply. Throws `RemoteFailure` for a remote
+    /// exception, `Timeout` when no reply comes in `timeout` seconds, `AMQPError` when it
+    /// cannot be sent.
+    public func call(topic: String, server: String? = nil, method: String, args: [String: JSONValue],
+                     version: String? = nil, timeout: Double = 60, context: [String: JSONValue] = [:]) async throws -> JSONValue
+    {
+        precondition(options.acceptsReplies, "this RPCClient was created without a reply queue")
+        let id = randomHex()
+        let r = RPCRequest(method: method, args: args, version: version, messageID: id, replyQueue: replyQueue,
+                           context: context)
+        let body = OsloMessage.requestBody(r)
+        let key = server.map { "\(topic).\($0)" } ?? topic
+        let pending = self.pending
+        let exchange = options.exchange
+        let timer = Task {
+            try? await Task.sleep(for: .milliseconds(Int(timeout * 1000)))
+            if Task.isCancelled { return }
+            pending.complete(id, .failure(RemoteFailure(className: "MessagingTimeout", module: "oslo_messaging.exceptions",
+                                                        message: "timeout")))
+        }
+        defer { timer.cancel() }
+        let outcome: Result<JSONValue, RemoteFailure> = await withCheckedContinuation { c in
+            pending.register(id, c)
+            Task { [self] in
+                do {
+                    try await self.publish(exchange: exchange, type: "topic", routingKey: key, body: body,
+                                           expiration: String(Int(timeout * 1000)))
+                } catch {
+                    pending.complete(id, .failure(RemoteFailure(className: "AMQPError", module: "compute_agent.messaging",
+                                                                message: (error as? AMQPError)?.message ?? "\(error)")))
+                }
+            }
+        }
+        switch outcome {
+        case .success(let v): return v
+        case .failure(let f) where f.className == "MessagingTimeout" && f.module == "oslo_messaging.exceptions":
+            throw Timeout(method: method, seconds: timeout)
+        case .failure(let f) where f.module == "compute_agent.messaging":
+            throw AMQPError(f.message)
+        case .failure(let f): throw f
+        }
+    }
+
+    private func publish(exchange: String, type: String, routingKey: String, body: [UInt8], expiration: String?) async throws(AMQPError) {
+        try await worker.perform { conn throws(AMQPError) in
+            try conn.ensureExchange(exchange, type: type, durable: false, autoDelete: type == "fanout")
+            try conn.publish(exchange: exchange, routingKey: routingKey, body: body, mandatory: false, expiration: expiration)
+        }
+    }
+}
+
+/// Calls waiting for their reply, by `_msg_id`.
+private final class PendingCalls: Sendable {
+    private let calls = Mutex<[String: CheckedContinuation<Result<JSONValue, RemoteFailure>, Never>]>([:])
+
+    func register(_ id: String, _ c: CheckedContinuation<Result<JSONValue, RemoteFailure>, Never>) {
+        calls.withLock { $0[id] = c }
+    }
+
+    /// Resumes the call waiting for `id`, if it still waits (a late reply after a timeout
+    /// finds nobody and is dropped).
+    func complete(_ id: String, _ outcome: Result<JSONValue, RemoteFailure>) {
+        let c = calls.withLock { $0.removeValue(forKey: id) }
+        c?.resume(returning: outcome)
+    }
+}
+
+/// Lets the worker's delivery callback reach the worker it belongs to (set once, right
+/// after creation, before the worker starts).
+private final class WorkerBox: @unchecked Sendable {
+    // Safe: written once in RPCClient.init before `start()` launches the thread that reads it.
+    var worker: AMQPWorker?
+}

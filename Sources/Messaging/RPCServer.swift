@@ -1,0 +1,255 @@
+import AgentSupport
+import Logging
+import Synchronization
+
+/// What an RPC server dispatches to: the agent's compute manager, or a test endpoint.
+public protocol RPCEndpoint: Sendable {
+    /// The API version served ("1.0"). A request is accepted when its version has the same
+    /// major and a minor not above this one; a request without a version means "1.0".
+    var apiVersion: String { get }
+    /// Whether `method` is part of the API (else the caller gets `NoSuchMethod`).
+    func supports(method: String) -> Bool
+    /// Runs a request. A thrown `RemoteFailureConvertible` reaches the caller as that
+    /// exception; any other error as a generic agent error with its description.
+    func handle(_ request: RPCRequest) async throws -> JSONValue
+}
+
+/// Serves an oslo.messaging RPC target (`topic`, `server = host`) on the rabbit driver's
+/// exact topology:
+///
+/// - control exchange (topic, e.g. `nova`) with queues `<topic>` and `<topic>.<host>`
+///   bound by the same keys,
+/// - fanout exchange `<topic>_fanout` (auto-delete) with a per-process queue
+///   `<topic>_fanout_<hex>` (`x-expires`), deleted on a clean stop.
+///
+/// Acknowledgement: a call is acked when its handling starts (oslo's semantics toward the
+/// caller); a cast is acked once its handler has finished, so a crash mid-cast leaves it
+/// in the broker for redelivery. `basic.qos` bounds how many messages the broker pushes
+/// in, and the number of handlers running at once is bounded by the same figure.
+public final class RPCServer: Sendable {
+    public struct Options: Sendable {
+        public var url: TransportURL
+        public var exchange: String
+        public var topic: String
+        public var host: String
+        public var prefetch: Int = 64
+        public var heartbeat: Int = 60
+        public var durableQueues = false
+        public var quorumQueues = false
+        public var transientQueuesTTL: Int = 1800
+
+        public init(url: TransportURL, exchange: String, topic: String, host: String) {
+            self.url = url
+            self.exchange = exchange
+            self.topic = topic
+            self.host = host
+        }
+
+        public var fanoutExchange: String { "\(topic)_fanout" }
+        public var hostQueue: String { "\(topic).\(host)" }
+    }
+
+    public let options: Options
+    /// The per-process fanout queue name, `<topic>_fanout_<uuid4 hex>`.
+    public let fanoutQueue: String
+    private let endpoint: RPCEndpoint
+    private let logger: Logger
+    private let worker: AMQPWorker
+    private let deliveries: AsyncStream<AMQPDelivery>
+    private let recentIDs = Mutex(RecentIDs(capacity: 64))
+
+    public init(options: Options, endpoint: RPCEndpoint, logger: Logger,
+                onConnectionEvent: @escaping @Sendable (AMQPWorker.Event) -> Void = { _ in })
+    {
+        self.options = options
+        self.endpoint = endpoint
+        self.logger = logger
+        let fanoutQueue = "\(options.topic)_fanout_\(randomHex())"
+        self.fanoutQueue = fanoutQueue
+        let (stream, continuation) = AsyncStream<AMQPDelivery>.makeStream(bufferingPolicy: .unbounded)
+        self.deliveries = stream
+        var wo = AMQPWorker.Options(url: options.url, connectionName: "compute-agent:rpc:\(options.host)",
+                                    threadName: "amqp-rpc")
+        wo.heartbeat = options.heartbeat
+        let log = logger
+        self.worker = AMQPWorker(
+            options: wo,
+            setup: { conn throws(AMQPError) in
+                let durable = options.durableQueues || options.quorumQueues
+                // The order and flags of oslo.messaging's RPC server start-up.
+                try conn.declareExchange(options.exchange, type: "topic", durable: durable, autoDelete: false)
+                try conn.declareQueue(options.topic, durable: durable, autoDelete: false, quorum: options.quorumQueues)
+                try conn.bindQueue(options.topic, exchange: options.exchange, routingKey: options.topic)
+                try conn.declareQueue(options.hostQueue, durable: durable, autoDelete: false, quorum: options.quorumQueues)
+                try conn.bindQueue(options.hostQueue, exchange: options.exchange, routingKey: options.hostQueue)
+                try conn.declareExchange(options.fanoutExchange, type: "fanout", durable: false, autoDelete: true)
+                try conn.declareQueue(fanoutQueue, durable: false, autoDelete: false,
+                                      expiresMs: Int64(options.transientQueuesTTL) * 1000)
+                try conn.bindQueue(fanoutQueue, exchange: options.fanoutExchange, routingKey: options.topic)
+                try conn.qos(prefetch: options.prefetch)
+                try conn.consume(queue: options.topic, consumerTag: "1")
+                try conn.consume(queue: options.hostQueue, consumerTag: "2")
+                try conn.consume(queue: fanoutQueue, consumerTag: "3")
+            },
+            onDelivery: { continuation.yield($0) },
+            onEvent: { event in
+                if case .returned(let key, let text) = event {
+                    log.warning("reply undeliverable: the caller's reply queue is gone", metadata: ["reply_q": "\(key)", "reason": "\(text)"])
+                }
+                onConnectionEvent(event)
+            })
+    }
+
+    /// Connects (retrying until it succeeds) and returns once consuming.
+    public func start() async {
+        worker.start()
+        await worker.waitUntilConnected()
+    }
+
+    public var isConnected: Bool { worker.isConnected }
+
+    /// Handles deliveries until the task is cancelled. Then stops taking new messages,
+    /// lets running handlers finish, deletes the fanout queue and closes the connection;
+    /// messages not yet started go back to the broker.
+    public func run() async {
+        worker.start()
+        await withTaskGroup(of: Void.self) { group in
+            var running = 0
+            var iterator = deliveries.makeAsyncIterator()
+            while !Task.isCancelled {
+                if running >= options.prefetch {
+                    await group.next()
+                    running -= 1
+                }
+                guard let delivery = await iterator.next(isolation: nil) else { break }
+                if Task.isCancelled {
+                    worker.reject(delivery, requeue: true)
+                    break
+                }
+                running += 1
+                group.addTask { await self.process(delivery) }
+            }
+            await group.waitForAll()
+        }
+        let q = fanoutQueue
+        _ = try? await worker.perform { conn throws(AMQPError) in try conn.deleteQueue(q) }
+        await worker.stop()
+    }
+
+    /// Stops the connection without the polite clean-up (tests, fatal errors).
+    public func stop() async { await worker.stop() }
+
+    // MARK: - One message
+
+    private func process(_ delivery: AMQPDelivery) async {
+        let started = monotonicSeconds()
+        let request: RPCRequest
+        do throws(MalformedMessage) {
+            request = try OsloMessage.request(from: OsloMessage.unwrap(body: delivery.body))
+        } catch {
+            // Nobody can be answered: log why and drop the message so it cannot loop.
+            logger.error("dropped malformed message: \(error.reason)",
+                         metadata: ["routing_key": "\(delivery.routingKey)", "bytes": "\(delivery.body.count)"])
+            worker.ack(delivery)
+            return
+        }
+        if let id = request.uniqueID, !recentIDs.withLock({ $0.insert(id) }) {
+            logger.warning("dropped duplicate message", metadata: ["unique_id": "\(id)", "method": "\(request.method)"])
+            worker.ack(delivery)
+            return
+        }
+        var meta: Logger.Metadata = ["method": "\(request.method)"]
+        if let rid = request.requestID { meta["request_id"] = "\(rid)" }
+        if let uuid = Self.instanceUUID(request.args) { meta["instance_uuid"] = "\(uuid)" }
+
+        if request.isCall { worker.ack(delivery) }
+        let monitor = startCallMonitor(request)
+        let outcome: Result<JSONValue, RemoteFailure>
+        let version = request.version ?? "1.0"
+        if request.namespace != nil || !OsloMessage.isCompatible(requested: version, served: endpoint.apiVersion) {
+            outcome = .failure(.unsupportedVersion(version, method: request.method))
+        } else if !endpoint.supports(method: request.method) {
+            outcome = .failure(.noSuchMethod(request.method))
+        } else {
+            do {
+                outcome = .success(try await endpoint.handle(request))
+            } catch let e as RemoteFailureConvertible {
+                outcome = .failure(e.remoteFailure)
+            } catch {
+                outcome = .failure(RemoteFailure(className: "ComputeAgentError", module: "compute_agent.exception",
+                                                 message: "\(error)"))
+            }
+        }
+        monitor?.cancel()
+        if request.isCall, let id = request.messageID, let q = request.replyQueue {
+            let body: [UInt8]
+            switch outcome {
+            case .success(let v): body = OsloMessage.replyBody(result: v, failure: nil, ending: true, messageID: id)
+            case .failure(let f): body = OsloMessage.replyBody(result: .null, failure: f, ending: true, messageID: id)
+            }
+            do {
+                try await worker.perform { conn throws(AMQPError) in
+                    try conn.publish(exchange: "", routingKey: q, body: body, mandatory: true, expiration: nil)
+                }
+            } catch {
+                logger.error("could not send the reply: \(error)", metadata: meta)
+            }
+        } else {
+            worker.ack(delivery)
+        }
+        meta["duration_ms"] = "\(Self.millis(monotonicSeconds() - started))"
+        meta["kind"] = request.isCall ? "call" : "cast"
+        switch outcome {
+        case .success: logger.info("rpc handled", metadata: meta)
+        case .failure(let f):
+            meta["error"] = "\(f.className)"
+            logger.warning("rpc failed: \(f.message)", metadata: meta)
+        }
+    }
+
+    /// Sends `ending: false` replies every half of the caller's `_timeout` while a call
+    /// runs, as oslo.messaging's server does for call-monitor clients.
+    private func startCallMonitor(_ request: RPCRequest) -> Task<Void, Never>? {
+        guard request.isCall, let t = request.callMonitorTimeout, t >= 2,
+              let id = request.messageID, let q = request.replyQueue else { return nil }
+        let worker = self.worker
+        return Task {
+            while true {
+                do { try await Task.sleep(for: .milliseconds(Int(t * 500))) } catch { return }
+                let body = OsloMessage.replyBody(result: .null, failure: nil, ending: false, messageID: id)
+                _ = try? await worker.perform { conn throws(AMQPError) in
+                    try conn.publish(exchange: "", routingKey: q, body: body, mandatory: true, expiration: nil)
+                }
+            }
+        }
+    }
+
+    static func instanceUUID(_ args: [String: JSONValue]) -> String? {
+        args["instance_uuid"]?.stringValue ?? args["instance"]?["uuid"]?.stringValue ?? args["uuid"]?.stringValue
+    }
+
+    static func millis(_ seconds: Double) -> String {
+        let ms = (seconds * 10_000).rounded() / 10
+        return "\(ms)"
+    }
+}
+
+/// The last N message ids seen, for duplicate detection.
+struct RecentIDs {
+    private var ring: [String]
+    private var set: Set<String> = []
+    private var next = 0
+
+    init(capacity: Int) { ring = Array(repeating: "", count: capacity) }
+
+    /// Records `id`; false if it was already among the last N.
+    mutating func insert(_ id: String) -> Bool {
+        if set.contains(id) { return false }
+        let old = ring[next]
+        if !old.isEmpty { set.remove(old) }
+        ring[next] = id
+        set.insert(id)
+        next = (next + 1) % ring.count
+        return true
+    }
+}

@@ -1,0 +1,202 @@
+import AgentSupport
+import Logging
+import PluginABI
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Makes plugin calls on the blocking executor and turns their status, error buffer and
+/// JSON output into Swift values and `PluginError`s.
+struct PluginCaller: Sendable {
+    let info: PluginInfo
+    let handle: PluginHandle
+    let executor: BlockingExecutor
+    let timeout: Double
+
+    typealias StatusCall = @Sendable (PluginHandle, UnsafeMutablePointer<ca_error>) -> ca_status
+    typealias JSONCall = @Sendable (PluginHandle, UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>, UnsafeMutablePointer<ca_error>) -> ca_status
+
+    func call(_ operation: String, _ body: @escaping StatusCall) async throws(PluginError) {
+        let handle = self.handle
+        let outcome: (ca_status, String)
+        do {
+            outcome = try await executor.run(timeout: timeout) {
+                var err = ca_error()
+                let s = body(handle, &err)
+                return (s, s == CA_OK ? "" : errorText(&err))
+            }
+        } catch {
+            throw PluginError(code: .timedOut, plugin: info.name, operation: operation,
+                              message: "no answer within \(timeout) s (plugin_call_timeout)")
+        }
+        if outcome.0 != CA_OK {
+            throw PluginError.from(status: outcome.0, plugin: info.name, operation: operation, message: outcome.1)
+        }
+    }
+
+    func callJSON(_ operation: String, _ body: @escaping JSONCall) async throws(PluginError) -> JSONValue {
+        let handle = self.handle
+        let outcome: (ca_status, String, String?)
+        do {
+            outcome = try await executor.run(timeout: timeout) {
+                var err = ca_error()
+                var out: UnsafeMutablePointer<CChar>?
+                let s = body(handle, &out, &err)
+                let text = out.map { String(cString: $0) }
+                free(out)
+                return (s, s == CA_OK ? "" : errorText(&err), text)
+            }
+        } catch {
+            throw PluginError(code: .timedOut, plugin: info.name, operation: operation,
+                              message: "no answer within \(timeout) s (plugin_call_timeout)")
+        }
+        if outcome.0 != CA_OK {
+            throw PluginError.from(status: outcome.0, plugin: info.name, operation: operation, message: outcome.1)
+        }
+        guard let text = outcome.2 else {
+            throw PluginError(code: .badOutput, plugin: info.name, operation: operation, message: "returned success but no JSON")
+        }
+        do { return try JSONValue.parse(text) } catch {
+            throw PluginError(code: .badOutput, plugin: info.name, operation: operation, message: "returned invalid JSON: \(error)")
+        }
+    }
+
+    func unsupported(_ operation: String) -> PluginError {
+        PluginError(code: .notSupported, plugin: info.name, operation: operation,
+                    message: "operation '\(operation)' is not supported by this plugin")
+    }
+}
+
+/// A loaded hypervisor plugin (ca_hypervisor_vtable), one async method per operation.
+public final class HypervisorPlugin: Sendable {
+    public var info: PluginInfo { caller.info }
+    let caller: PluginCaller
+    init(caller: PluginCaller) { self.caller = caller }
+
+    private static func vt(_ h: PluginHandle) -> ca_hypervisor_vtable {
+        h.vtable.assumingMemoryBound(to: ca_hypervisor_vtable.self).pointee
+    }
+
+    public func hostInfo() async throws(PluginError) -> JSONValue {
+        try await caller.callJSON("get_host_info") { h, out, err in Self.vt(h).get_host_info!(h.state, out, err) }
+    }
+
+    public func listInstances() async throws(PluginError) -> JSONValue {
+        try await caller.callJSON("list_instances") { h, out, err in Self.vt(h).list_instances!(h.state, out, err) }
+    }
+
+    public func spawn(instance: JSONValue) async throws(PluginError) {
+        let json = instance.serialized()
+        try await caller.call("spawn") { h, err in Self.vt(h).spawn!(h.state, json, err) }
+    }
+
+    public func info(uuid: String) async throws(PluginError) -> JSONValue {
+        try await caller.callJSON("get_info") { h, out, err in Self.vt(h).get_info!(h.state, uuid, out, err) }
+    }
+
+    public func destroy(uuid: String) async throws(PluginError) {
+        try await caller.call("destroy") { h, err in Self.vt(h).destroy!(h.state, uuid, err) }
+    }
+
+    /// The simple power operations that take only a uuid.
+    public enum PowerAction: String, Sendable {
+        case powerOff = "power_off", powerOn = "power_on", pause, unpause, suspend, resume
+    }
+
+    public func perform(_ action: PowerAction, uuid: String) async throws(PluginError) {
+        let v = Self.vt(caller.handle)
+        let fn: (@convention(c) (UnsafeMutableRawPointer?, UnsafePointer<CChar>?, UnsafeMutablePointer<ca_error>?) -> ca_status)?
+        switch action {
+        case .powerOff: fn = v.power_off
+        case .powerOn: fn = v.power_on
+        case .pause: fn = v.pause
+        case .unpause: fn = v.unpause
+        case .suspend: fn = v.suspend
+        case .resume: fn = v.resume
+        }
+        guard let fn else { throw caller.unsupported(action.rawValue) }
+        try await caller.call(action.rawValue) { h, err in fn(h.state, uuid, err) }
+    }
+
+    public func reboot(uuid: String, hard: Bool) async throws(PluginError) {
+        guard let fn = Self.vt(caller.handle).reboot else { throw caller.unsupported("reboot") }
+        try await caller.call("reboot") { h, err in fn(h.state, uuid, hard ? 1 : 0, err) }
+    }
+}
+
+/// A loaded image-fetch plugin (ca_image_fetch_vtable).
+public final class ImageFetchPlugin: Sendable {
+    public var info: PluginInfo { caller.info }
+    let caller: PluginCaller
+    init(caller: PluginCaller) { self.caller = caller }
+
+    /// Fetches `request.image_ref` to `request.dest_path`; returns `{"size", "checksum"}`.
+    public func fetch(_ request: JSONValue) async throws(PluginError) -> JSONValue {
+        let json = request.serialized()
+        guard let ref = request["image_ref"]?.stringValue else {
+            throw PluginError(code: .invalidArgument, plugin: info.name, operation: "fetch", message: "no image_ref")
+        }
+        let supported = try await caller.callJSON("supports_ref") { h, out, _ in
+            let v = h.vtable.assumingMemoryBound(to: ca_image_fetch_vtable.self).pointee
+            out.pointee = strdup(v.supports_ref!(h.state, ref) != 0 ? "true" : "false")
+            return CA_OK
+        }
+        guard supported.boolValue == true else {
+            throw PluginError(code: .notSupported, plugin: info.name, operation: "fetch",
+                              message: "image reference '\(ref)' is not supported by the '\(info.name)' image fetcher")
+        }
+        return try await caller.callJSON("fetch") { h, out, err in
+            h.vtable.assumingMemoryBound(to: ca_image_fetch_vtable.self).pointee.fetch!(h.state, json, out, err)
+        }
+    }
+}
+
+/// A loaded network-setup plugin (ca_network_vtable).
+public final class NetworkPlugin: Sendable {
+    public var info: PluginInfo { caller.info }
+    let caller: PluginCaller
+    init(caller: PluginCaller) { self.caller = caller }
+
+    public func plug(instance: JSONValue, vif: JSONValue) async throws(PluginError) {
+        let i = instance.serialized(), v = vif.serialized()
+        try await caller.call("plug") { h, err in
+            h.vtable.assumingMemoryBound(to: ca_network_vtable.self).pointee.plug!(h.state, i, v, err)
+        }
+    }
+
+    public func unplug(instance: JSONValue, vif: JSONValue) async throws(PluginError) {
+        let i = instance.serialized(), v = vif.serialized()
+        try await caller.call("unplug") { h, err in
+            h.vtable.assumingMemoryBound(to: ca_network_vtable.self).pointee.unplug!(h.state, i, v, err)
+        }
+    }
+}
+
+/// The agent's three plugins, loaded together at start-up.
+public struct PluginSet: Sendable {
+    public let hypervisor: HypervisorPlugin
+    public let imageFetcher: ImageFetchPlugin
+    public let network: NetworkPlugin
+    public let executor: BlockingExecutor
+
+    public var infos: [PluginInfo] { [hypervisor.info, imageFetcher.info, network.info] }
+
+    /// Loads the configured plugins. Any refusal aborts: the agent never runs with a
+    /// missing or doubtful plugin.
+    public static func load(configuration c: AgentConfiguration, logger: Logger,
+                            onEvent: @escaping @Sendable (String, JSONValue) -> Void) throws(PluginLoadError) -> PluginSet
+    {
+        let loader = PluginLoader(directory: c.pluginDir, logger: logger)
+        let executor = BlockingExecutor(threads: c.pluginThreads)
+        func caller(_ kind: PluginKind, _ name: String) throws(PluginLoadError) -> PluginCaller {
+            let (info, handle) = try loader.load(kind: kind, name: name, options: c.pluginSections[name] ?? [:], onEvent: onEvent)
+            return PluginCaller(info: info, handle: handle, executor: executor, timeout: c.pluginCallTimeout)
+        }
+        return PluginSet(
+            hypervisor: HypervisorPlugin(caller: try caller(.hypervisor, c.computeDriver)),
+            imageFetcher: ImageFetchPlugin(caller: try caller(.imageFetch, c.imageFetcher)),
+            network: NetworkPlugin(caller: try caller(.network, c.networkPlugin)),
+            executor: executor)
+    }
+}
