@@ -1,0 +1,41 @@
+import AgentSupport
+import Messaging
+
+/// Errors the compute manager returns to RPC callers, serialized as the nova exception of
+/// the same name (module `nova.exception`) so nova's own clients re-raise them as such.
+public struct ComputeError: Error, RemoteFailureConvertible, CustomStringConvertible, Sendable, Equatable {
+    public enum Code: String, Sendable {
+        case invalidState = "InstanceInvalidState"
+        case notFound = "InstanceNotFound"
+        case exists = "InstanceExists"
+        case invalidInput = "InvalidInput"
+        case notSupported = "NotSupported"
+        case hypervisorFailure = "HypervisorUnavailable"
+        case buildFailed = "BuildAbortException"
+    }
+
+    public let code: Code
+    public let message: String
+    public let kwargs: [String: JSONValue]
+
+    public var description: String { "\(code.rawValue): \(message)" }
+
+    public var remoteFailure: RemoteFailure {
+        RemoteFailure(className: code.rawValue, module: "nova.exception", message: message, kwargs: kwargs)
+    }
+
+    /// nova's InstanceInvalidState message, word for word.
+    public static func invalidState(uuid: String, method: String, attribute: String, state: String) -> ComputeError {
+        ComputeError(code: .invalidState,
+                     message: "Cannot '\(method)' instance \(uuid) while it is in \(attribute) \(state)",
+                     kwargs: ["instance_uuid": .string(uuid), "method": .string(method), "attr": .string(attribute), "state": .string(state)])
+    }
+
+    public static func notFound(_ uuid: String) -> ComputeError {
+        ComputeError(code: .notFound, message: "Instance \(uuid) could not be found.", kwargs: ["instance_id": .string(uuid)])
+    }
+
+    public static func invalidInput(_ reason: String) -> ComputeError {
+        ComputeError(code: .invalidInput, message: "Invalid input received: \(reason)", kwargs: ["reason": .string(reason)])
+    }
+}

@@ -1,0 +1,96 @@
+import AgentSupport
+import Logging
+import Messaging
+import Synchronization
+
+/// The agent's periodic tasks:
+///
+/// - `report_state` every `report_interval`: a heartbeat cast
+///   `report_state(service={host, binary, topic, report_count, uptime, disabled, version})`
+///   to the `conductor` topic;
+/// - `update_capabilities` right after start-up and every `periodic_interval`: a fanout
+///   cast `update_service_capabilities(service_name="compute", host, capabilities)` to
+///   the `scheduler` topic (exchange `scheduler_fanout`).
+///
+/// They publish through their own AMQP connection (`notifier`), so they never queue
+/// behind RPC traffic, and each runs on its own deadline schedule.
+public final class PeriodicTasks: Sendable {
+    public struct Intervals: Sendable {
+        public var report: Double
+        public var capabilities: Double
+        public init(report: Double, capabilities: Double) {
+            self.report = report
+            self.capabilities = capabilities
+        }
+    }
+
+    let manager: ComputeManager
+    let notifier: RPCClient
+    let host: String
+    let logger: Logger
+    let intervals: Mutex<Intervals>
+    let reportCount = Mutex(0)
+
+    public init(manager: ComputeManager, notifier: RPCClient, host: String, intervals: Intervals, logger: Logger) {
+        self.manager = manager
+        self.notifier = notifier
+        self.host = host
+        self.intervals = Mutex(intervals)
+        self.logger = logger
+    }
+
+    /// Changes the intervals; the next deadline of each task uses the new value.
+    public func setIntervals(_ i: Intervals) { intervals.withLock { $0 = i } }
+
+    public var heartbeatsSent: Int { reportCount.withLock { $0 } }
+
+    /// Runs both tasks until cancelled.
+    public func run() async {
+        let reportSchedule = PeriodicSchedule(interval: intervals.withLock { $0.report })
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                await runPeriodically(
+                    schedule: { PeriodicSchedule(interval: self.intervals.withLock { $0.report }) },
+                    initialDelay: reportSchedule.initialDelay(cap: 1.0),
+                    record: { d in self.logger.trace("report_state took \(d) s") }
+                ) { await self.reportState() }
+            }
+            group.addTask {
+                await runPeriodically(
+                    schedule: { PeriodicSchedule(interval: self.intervals.withLock { $0.capabilities }) },
+                    initialDelay: 0,
+                    record: { d in self.logger.debug("update_capabilities took \(Int(d * 1000)) ms") }
+                ) { await self.updateCapabilities() }
+            }
+        }
+    }
+
+    func reportState() async {
+        let count = reportCount.withLock { c -> Int in
+            c += 1
+            return c
+        }
+        let uptime = await manager.uptime
+        let service: JSONValue = .object([
+            "host": .string(host), "binary": "compute-agent", "topic": "compute",
+            "report_count": .int(Int64(count)), "uptime": .int(Int64(uptime)),
+            "disabled": false, "version": .string(ComputeManager.agentVersion),
+        ])
+        do {
+            try await notifier.cast(topic: "conductor", method: "report_state", args: ["service": service])
+        } catch {
+            logger.warning("report_state heartbeat not sent: \(error)")
+        }
+    }
+
+    func updateCapabilities() async {
+        do {
+            let caps = try await manager.capabilities()
+            try await notifier.fanoutCast(topic: "scheduler", method: "update_service_capabilities",
+                                          args: ["service_name": "compute", "host": .string(host), "capabilities": caps])
+            logger.debug("capabilities published", metadata: ["num_instances": "\(caps["num_instances"]?.intValue ?? 0)"])
+        } catch {
+            logger.warning("capabilities not published: \(error)")
+        }
+    }
+}

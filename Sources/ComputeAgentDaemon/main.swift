@@ -1,0 +1,172 @@
+import AgentSupport
+import Compute
+import Logging
+import Messaging
+import PluginHost
+import ServiceLifecycle
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// compute-agent: the per-host compute agent daemon.
+///
+///     compute-agent --config-file /etc/compute-agent/compute-agent.conf
+///
+/// Exit codes: 0 clean shutdown, 1 start-up failure (plugin refused, state path unusable),
+/// 2 usage or configuration error.
+
+let usage = """
+    usage: compute-agent --config-file FILE [--debug]
+           compute-agent --version
+
+    Consumes compute RPC messages from RabbitMQ and manages this host's instances
+    through hypervisor, image-fetch and network plugins. See docs/operations.md.
+    """
+
+func fail(_ code: Int32, _ message: String) -> Never {
+    FileHandleStderr.write("compute-agent: \(message)\n")
+    exit(code)
+}
+
+enum FileHandleStderr {
+    static func write(_ s: String) {
+        var b = Array(s.utf8)
+        _ = b.withUnsafeMutableBytes { Glibc.write(2, $0.baseAddress, $0.count) }
+    }
+}
+
+var configPath: String?
+var forceDebug = false
+var argv = CommandLine.arguments.dropFirst()
+while let a = argv.popFirst() {
+    switch a {
+    case "--config-file":
+        guard let p = argv.popFirst() else { fail(2, "--config-file needs a path\n\(usage)") }
+        configPath = p
+    case "--debug": forceDebug = true
+    case "--version": print("compute-agent \(ComputeManager.agentVersion) (RPC API \(ComputeManager.apiVersion), plugin ABI 1)"); exit(0)
+    case "--help", "-h": print(usage); exit(0)
+    default: fail(2, "unknown argument '\(a)'\n\(usage)")
+    }
+}
+guard let configPath else { fail(2, "--config-file is required\n\(usage)") }
+
+let config: AgentConfiguration
+do { config = try AgentConfiguration.load(path: configPath) } catch { fail(2, "configuration error: \(error)") }
+
+let level: Logger.Level = (config.debug || forceDebug) ? .debug : .info
+LoggingSystem.bootstrap { label in StderrLogHandler(label: label, level: level) }
+let logger: Logger = {
+    var l = Logger(label: "compute-agent")
+    l[metadataKey: "host"] = "\(config.host)"
+    return l
+}()
+
+let url: TransportURL
+do { url = try TransportURL(parsing: config.transportURL) } catch {
+    fail(2, "configuration error: \(config.error(section: "DEFAULT", option: "transport_url", error.message))")
+}
+
+for dir in [config.statePath, config.statePath + "/instances"] {
+    if mkdir(dir, 0o750) != 0 && errno != EEXIST {
+        fail(1, "cannot create state directory \(dir): \(String(cString: strerror(errno)))")
+    }
+}
+
+let plugins: PluginSet
+do {
+    let log = logger
+    plugins = try PluginSet.load(configuration: config, logger: logger) { plugin, event in
+        let logger = log
+        logger.info("plugin event", metadata: ["plugin": "\(plugin)", "event": "\(event.serialized())"])
+    }
+} catch {
+    logger.critical("refusing to start: \(error)")
+    fail(1, "\(error)")
+}
+
+let manager = ComputeManager(host: config.host, statePath: config.statePath, plugins: plugins, logger: logger)
+
+func connectionLogger(_ lane: String) -> @Sendable (AMQPWorker.Event) -> Void {
+    let logger = logger
+    return { event in
+        switch event {
+        case .connected(let broker, let generation):
+            logger.info(generation == 1 ? "connected to broker" : "reconnected to broker",
+                        metadata: ["lane": "\(lane)", "broker": "\(broker)"])
+        case .connectionFailed(let reason, let attempt, let retryIn):
+            logger.error("broker connection failed: \(reason)", metadata: [
+                "lane": "\(lane)", "attempt": "\(attempt)", "retry_in_s": "\(Int(retryIn * 10) / 10)",
+            ])
+        case .returned: break
+        }
+    }
+}
+
+var serverOptions = RPCServer.Options(url: url, exchange: config.controlExchange, topic: "compute", host: config.host)
+serverOptions.prefetch = config.qosPrefetchCount
+serverOptions.heartbeat = config.heartbeatTimeoutThreshold
+serverOptions.durableQueues = config.durableQueues
+serverOptions.quorumQueues = config.quorumQueues
+serverOptions.transientQueuesTTL = config.transientQueuesTTL
+let server = RPCServer(options: serverOptions, endpoint: manager, logger: logger, onConnectionEvent: connectionLogger("rpc"))
+
+var notifierOptions = RPCClient.Options(url: url, exchange: config.controlExchange, acceptsReplies: false,
+                                        connectionName: "compute-agent:notify:\(config.host)", threadName: "amqp-notify")
+notifierOptions.heartbeat = config.heartbeatTimeoutThreshold
+let notifier = RPCClient(options: notifierOptions, onConnectionEvent: connectionLogger("notify"))
+let periodic = PeriodicTasks(
+    manager: manager, notifier: notifier, host: config.host,
+    intervals: .init(report: config.reportInterval, capabilities: config.periodicInterval), logger: logger)
+
+/// The RPC server as a service: consumes until graceful shutdown.
+struct RPCService: Service {
+    let server: RPCServer
+    let logger: Logger
+    let url: TransportURL
+    let host: String
+
+    func run() async throws {
+        logger.info("connecting to \(url)")
+        await server.start()
+        logger.info("consuming", metadata: [
+            "queues": "compute, compute.\(host), \(server.fanoutQueue)", "exchange": "\(server.options.exchange)",
+        ])
+        await cancelWhenGracefulShutdown { await server.run() }
+        logger.info("RPC server stopped")
+    }
+}
+
+/// Heartbeats and capability updates, on their own connection.
+struct PeriodicService: Service {
+    let periodic: PeriodicTasks
+    let notifier: RPCClient
+
+    func run() async throws {
+        await notifier.start()
+        await cancelWhenGracefulShutdown { await periodic.run() }
+        await notifier.stop()
+    }
+}
+
+logger.info("compute-agent starting", metadata: [
+    "version": "\(ComputeManager.agentVersion)", "config": "\(configPath)",
+    "plugins": "\(plugins.infos.map { "\($0.kind.rawValue)=\($0.name) \($0.version)" }.joined(separator: ", "))",
+])
+
+let group = ServiceGroup(configuration: .init(
+    services: [
+        .init(service: RPCService(server: server, logger: logger, url: url, host: config.host)),
+        .init(service: PeriodicService(periodic: periodic, notifier: notifier)),
+    ],
+    gracefulShutdownSignals: [.sigterm, .sigint],
+    logger: logger))
+
+do {
+    try await group.run()
+    logger.info("compute-agent stopped")
+} catch {
+    logger.critical("compute-agent failed: \(error)")
+    exit(1)
+}

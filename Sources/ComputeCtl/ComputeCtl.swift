@@ -1,0 +1,269 @@
+import AgentSupport
+import ArgumentParser
+import Messaging
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// computectl: drives compute agents over the same oslo.messaging RPC protocol the
+/// control plane uses.
+@main
+struct ComputeCtl: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "computectl",
+        abstract: "Drive ComputeAgent hosts over RabbitMQ (oslo.messaging RPC).",
+        subcommands: [Ping.self, Boot.self, List.self, Show.self, Action.self, Reboot.self, Terminate.self,
+                      Capabilities.self, ListenCapabilities.self])
+}
+
+struct Connection: ParsableArguments {
+    @Option(help: "Read transport_url, control_exchange and host from this agent config file.")
+    var configFile: String?
+    @Option(help: "Broker URL (rabbit://user:pass@host:5672/vhost). Overrides the config file.")
+    var transportURL: String?
+    @Option(help: "The agent's host name (its queue is compute.<host>). Default: from the config file.")
+    var host: String?
+    @Option(help: "Seconds to wait for a reply.")
+    var timeout: Double = 30
+
+    func resolve() throws -> (url: TransportURL, exchange: String, host: String) {
+        var c = AgentConfiguration.defaults()
+        if let configFile { c = try AgentConfiguration.load(path: configFile) }
+        let url = try TransportURL(parsing: transportURL ?? c.transportURL)
+        return (url, c.controlExchange, host ?? c.host)
+    }
+
+    /// Runs `body` with a started client; prints remote errors the way an operator wants them.
+    func withClient<T>(_ body: (RPCClient, String) async throws -> T) async throws -> T {
+        let (url, exchange, host) = try resolve()
+        let client = RPCClient(options: .init(url: url, exchange: exchange, acceptsReplies: true,
+                                              connectionName: "computectl", threadName: "computectl"))
+        let started = Task { await client.start() }
+        let connected = await withTaskGroup(of: Bool.self) { g in
+            g.addTask { await started.value; return true }
+            g.addTask { try? await Task.sleep(for: .seconds(timeout)); return false }
+            let first = await g.next()!
+            g.cancelAll()
+            return first
+        }
+        guard connected else {
+            throw ValidationError("cannot reach the broker at \(url) within \(timeout) s")
+        }
+        defer { Task { await client.stop() } }
+        do {
+            return try await body(client, host)
+        } catch let f as RemoteFailure {
+            throw CtlError("\(f.className): \(f.message)")
+        }
+    }
+
+    func call(_ method: String, _ args: [String: JSONValue] = [:]) async throws -> JSONValue {
+        try await withClient { c, host in
+            try await c.call(topic: "compute", server: host, method: method, args: args, timeout: timeout)
+        }
+    }
+}
+
+struct CtlError: Error, CustomStringConvertible {
+    let description: String
+    init(_ d: String) { description = d }
+}
+
+func printJSON(_ v: JSONValue) { print(pretty(v)) }
+
+func pretty(_ v: JSONValue, indent: String = "") -> String {
+    switch v {
+    case .object(let o) where !o.isEmpty:
+        let inner = indent + "  "
+        let lines = o.keys.sorted().map { k -> String in
+            var key = ""
+            JSONValue.writeString(k, to: &key)
+            return "\(inner)\(key): \(pretty(o[k]!, indent: inner))"
+        }
+        return "{\n" + lines.joined(separator: ",\n") + "\n\(indent)}"
+    case .array(let a) where !a.isEmpty:
+        let inner = indent + "  "
+        return "[\n" + a.map { inner + pretty($0, indent: inner) }.joined(separator: ",\n") + "\n\(indent)]"
+    default: return v.serialized()
+    }
+}
+
+func stateLine(_ v: JSONValue) -> String {
+    let task = v["task_state"]?.stringValue ?? "-"
+    var s = "\(v["uuid"]?.stringValue ?? "?")  vm_state=\(v["vm_state"]?.stringValue ?? "?")  task_state=\(task)"
+    s += "  power_state=\(v["power_state_name"]?.stringValue ?? "?")"
+    if let f = v["fault"]?.stringValue { s += "  fault=\"\(f)\"" }
+    return s
+}
+
+/// Waits until the instance has no task in progress; prints each state it passes.
+func waitForInstance(_ client: RPCClient, host: String, uuid: String, timeout: Double, gone: Bool = false) async throws {
+    let deadline = monotonicSeconds() + timeout
+    var last = ""
+    while monotonicSeconds() < deadline {
+        do {
+            let v = try await client.call(topic: "compute", server: host, method: "get_instance_info",
+                                          args: ["instance_uuid": .string(uuid)], timeout: 10)
+            let line = stateLine(v)
+            if line != last { print("  " + line); last = line }
+            if v["task_state"]?.isNull ?? true, v["vm_state"]?.stringValue != "building" { return }
+        } catch let f as RemoteFailure where f.className == "InstanceNotFound" {
+            if gone { print("  \(uuid)  deleted"); return }
+            throw f
+        }
+        try await Task.sleep(for: .milliseconds(100))
+    }
+    throw CtlError("instance \(uuid) still busy after \(timeout) s")
+}
+
+struct Ping: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Call ping on an agent.")
+    @OptionGroup var conn: Connection
+    func run() async throws { printJSON(try await conn.call("ping")) }
+}
+
+struct Boot: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Cast build_and_run_instance.")
+    @OptionGroup var conn: Connection
+    @Option(help: "Instance name.") var name: String
+    @Option(help: "Instance UUID (default: a new one).") var uuid: String?
+    @Option(help: "Virtual CPUs.") var vcpus: Int = 1
+    @Option(help: "Memory in MiB.") var memory: Int = 64
+    @Option(help: "Root disk in GiB.") var disk: Int = 1
+    @Option(help: "Image reference (file:///path).") var image: String?
+    @Flag(help: "Wait until the build has finished, printing each state.") var wait = false
+
+    func run() async throws {
+        let id = uuid ?? randomUUID()
+        var instance: [String: JSONValue] = ["uuid": .string(id), "name": .string(name), "vcpus": .int(Int64(vcpus)),
+                                             "memory_mb": .int(Int64(memory)), "root_gb": .int(Int64(disk))]
+        if let image { instance["image_ref"] = .string(image) }
+        try await conn.withClient { c, host in
+            try await c.cast(topic: "compute", server: host, method: "build_and_run_instance",
+                             args: ["instance": .object(instance)])
+            print("build_and_run_instance cast to compute.\(host): \(id)")
+            if wait { try await waitForInstance(c, host: host, uuid: id, timeout: conn.timeout) }
+        }
+    }
+}
+
+struct List: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "List the agent's instances.")
+    @OptionGroup var conn: Connection
+    func run() async throws {
+        let v = try await conn.call("list_instances")
+        let items = v.arrayValue ?? []
+        if items.isEmpty { print("(no instances)") }
+        for i in items { print("\(stateLine(i))  name=\(i["name"]?.stringValue ?? "")") }
+    }
+}
+
+struct Show: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Show one instance (get_instance_info).")
+    @OptionGroup var conn: Connection
+    @Argument var uuid: String
+    func run() async throws { printJSON(try await conn.call("get_instance_info", ["instance_uuid": .string(uuid)])) }
+}
+
+struct Action: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "action",
+        abstract: "Cast stop, start, pause, unpause, suspend or resume to an instance.")
+    @OptionGroup var conn: Connection
+    @Argument(help: "stop | start | pause | unpause | suspend | resume") var action: String
+    @Argument var uuid: String
+    @Flag(help: "Wait for the action to finish, printing each state.") var wait = false
+
+    func run() async throws {
+        guard ["stop", "start", "pause", "unpause", "suspend", "resume"].contains(action) else {
+            throw ValidationError("unknown action '\(action)'")
+        }
+        try await conn.withClient { c, host in
+            try await c.cast(topic: "compute", server: host, method: "\(action)_instance", args: ["instance_uuid": .string(uuid)])
+            print("\(action)_instance cast to compute.\(host): \(uuid)")
+            if wait { try await waitForInstance(c, host: host, uuid: uuid, timeout: conn.timeout) }
+        }
+    }
+}
+
+struct Reboot: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Cast reboot_instance (soft unless --hard).")
+    @OptionGroup var conn: Connection
+    @Argument var uuid: String
+    @Flag var hard = false
+    @Flag(help: "Wait for the reboot to finish.") var wait = false
+    func run() async throws {
+        try await conn.withClient { c, host in
+            try await c.cast(topic: "compute", server: host, method: "reboot_instance",
+                             args: ["instance_uuid": .string(uuid), "reboot_type": .string(hard ? "HARD" : "SOFT")])
+            print("reboot_instance (\(hard ? "HARD" : "SOFT")) cast to compute.\(host): \(uuid)")
+            if wait { try await waitForInstance(c, host: host, uuid: uuid, timeout: conn.timeout) }
+        }
+    }
+}
+
+struct Terminate: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Cast terminate_instance.")
+    @OptionGroup var conn: Connection
+    @Argument var uuid: String
+    @Flag(help: "Wait until the instance is gone.") var wait = false
+    func run() async throws {
+        try await conn.withClient { c, host in
+            try await c.cast(topic: "compute", server: host, method: "terminate_instance", args: ["instance_uuid": .string(uuid)])
+            print("terminate_instance cast to compute.\(host): \(uuid)")
+            if wait { try await waitForInstance(c, host: host, uuid: uuid, timeout: conn.timeout, gone: true) }
+        }
+    }
+}
+
+struct Capabilities: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Call get_host_capabilities.")
+    @OptionGroup var conn: Connection
+    func run() async throws { printJSON(try await conn.call("get_host_capabilities")) }
+}
+
+struct ListenCapabilities: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "listen-capabilities",
+        abstract: "Listen on scheduler_fanout, as the scheduler does, and print the capabilities agents fan out.")
+    @OptionGroup var conn: Connection
+    @Option(help: "Stop after this many messages.") var count = 1
+
+    func run() async throws {
+        let (url, _, _) = try conn.resolve()
+        let queue = "scheduler_fanout_computectl_\(randomHex(bytes: 6))"
+        let (stream, cont) = AsyncStream<AMQPDelivery>.makeStream()
+        let worker = AMQPWorker(
+            options: .init(url: url, connectionName: "computectl-listen", threadName: "computectl-listen"),
+            setup: { c throws(AMQPError) in
+                try c.declareExchange("scheduler_fanout", type: "fanout", durable: false, autoDelete: true)
+                try c.declareQueue(queue, durable: false, exclusive: true, autoDelete: true)
+                try c.bindQueue(queue, exchange: "scheduler_fanout", routingKey: "scheduler")
+                try c.consume(queue: queue, consumerTag: "1")
+            },
+            onDelivery: { cont.yield($0) })
+        worker.start()
+        await worker.waitUntilConnected()
+        print("listening on scheduler_fanout (queue \(queue))")
+        flushOutput()
+        var seen = 0
+        let timeout = conn.timeout
+        let timer = Task { try await Task.sleep(for: .seconds(timeout)); cont.finish() }
+        for await d in stream {
+            worker.ack(d)
+            guard let m = try? OsloMessage.request(from: OsloMessage.unwrap(body: d.body)) else { continue }
+            print("\(m.method) from host \(m.args["host"]?.stringValue ?? "?"):")
+            printJSON(m.args["capabilities"] ?? .object(m.args))
+            flushOutput()
+            seen += 1
+            if seen >= count { break }
+        }
+        timer.cancel()
+        await worker.stop()
+        if seen < count { throw CtlError("received \(seen) of \(count) capability updates within \(timeout) s") }
+    }
+}
+
+/// Flushes standard output so a reader on a pipe sees each line at once.
+func flushOutput() { fflush(nil) }
