@@ -1,0 +1,89 @@
+import Testing
+@testable import AgentSupport
+
+@Suite struct ConfigurationTests {
+    func parse(_ text: String) throws(ConfigError) -> AgentConfiguration {
+        try AgentConfiguration.parse(IniFile(path: "/etc/compute-agent/compute-agent.conf", text: text))
+    }
+
+    @Test func emptyFileGivesDefaults() throws {
+        let c = try parse("")
+        #expect(c.reportInterval == 10)
+        #expect(c.periodicInterval == 60)
+        #expect(c.controlExchange == "nova")
+        #expect(c.computeDriver == "libvirt" && c.imageFetcher == "file" && c.networkPlugin == "noop")
+        #expect(c.qosPrefetchCount == 64)
+    }
+
+    @Test func readsOptionsAndPluginSections() throws {
+        let c = try parse("""
+            # comment
+            [DEFAULT]
+            host = node-7
+            report_interval = 2.5
+            debug = true
+            [libvirt]
+            connection_uri = test:///default
+            [oslo_messaging_rabbit]
+            rabbit_quorum_queue = yes
+            """)
+        #expect(c.host == "node-7")
+        #expect(c.reportInterval == 2.5)
+        #expect(c.debug)
+        #expect(c.quorumQueues)
+        #expect(c.pluginSections["libvirt"]?["connection_uri"] == "test:///default")
+    }
+
+    @Test func badValueNamesFileLineAndOption() {
+        #expect(throws: ConfigError(file: "/etc/compute-agent/compute-agent.conf", line: 3, section: "DEFAULT",
+                                    option: "report_interval", message: "expected a number of seconds, got 'often'")) {
+            try parse("[DEFAULT]\nhost = a\nreport_interval = often\n")
+        }
+    }
+
+    @Test func unknownOptionIsRefused() {
+        do { _ = try parse("[DEFAULT]\nreport_intervall = 5\n"); Issue.record("accepted a typo") } catch {
+            #expect(error.description == "/etc/compute-agent/compute-agent.conf:2: [DEFAULT] report_intervall: unknown option")
+        }
+    }
+
+    @Test func unknownSectionIsRefused() {
+        do { _ = try parse("[DEFAULT]\n\n[glance]\napi = x\n"); Issue.record("accepted an unknown section") } catch {
+            #expect(error.line == 3)
+            #expect(error.section == "glance")
+            #expect(error.message.hasPrefix("unknown section"))
+        }
+    }
+
+    @Test func outOfRangeAndMalformedLines() {
+        #expect(throws: ConfigError.self) { try parse("[oslo_messaging_rabbit]\nrabbit_qos_prefetch_count = 0\n") }
+        #expect(throws: ConfigError.self) { try parse("[DEFAULT]\njust words\n") }
+        #expect(throws: ConfigError.self) { try parse("host = outside\n") }
+        #expect(throws: ConfigError.self) { try parse("[DEFAULT]\nstate_path = relative/dir\n") }
+        #expect(throws: ConfigError.self) { try parse("[DEFAULT]\ncompute_driver = ../evil\n") }
+    }
+
+    @Test func secretValuesAreNotEchoedForUnknownOptions() {
+        do { _ = try parse("[DEFAULT]\ntransport_urll = rabbit://u:hunter2@h/\n") } catch {
+            #expect(!error.description.contains("hunter2"))
+        }
+    }
+}
+
+@Suite struct JSONValueTests {
+    @Test func roundTripsNestedValues() throws {
+        let text = #"{"a": [1, 2.5, "x\n\"y\"", true, null], "b": {"c": -3}, "u": "\u00e9\ud83d\ude00"}"#
+        let v = try JSONValue.parse(text)
+        #expect(v["a"]?.arrayValue?.count == 5)
+        #expect(v["u"] == "é😀")
+        #expect(try JSONValue.parse(v.serialized()) == v)
+    }
+
+    @Test func rejectsMalformedAndHostileInput() {
+        #expect(throws: JSONParseError.self) { try JSONValue.parse("{\"a\": }") }
+        #expect(throws: JSONParseError.self) { try JSONValue.parse("[1, 2") }
+        #expect(throws: JSONParseError.self) { try JSONValue.parse("\"\\ud800\"") }
+        #expect(throws: JSONParseError.self) { try JSONValue.parse(String(repeating: "[", count: 100_000)) }
+        #expect(throws: JSONParseError.self) { try JSONValue.parse("{} trailing") }
+    }
+}
