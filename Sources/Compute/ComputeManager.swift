@@ -170,13 +170,15 @@ public actor ComputeManager {
     // MARK: - Reads
 
     func instanceInfo(_ uuid: String) async throws -> JSONValue {
-        guard var record = instances[uuid] else { throw ComputeError.notFound(uuid) }
-        if record.taskState == nil, record.vmState != .building,
-           let p = (try? await plugins.hypervisor.info(uuid: uuid))?["power_state"]?.intValue.flatMap(PowerState.init(rawValue:))
+        guard let before = instances[uuid] else { throw ComputeError.notFound(uuid) }
+        if before.taskState == nil, before.vmState != .building,
+           let p = (try? await plugins.hypervisor.info(uuid: uuid))?["power_state"]?.intValue.flatMap(PowerState.init(rawValue:)),
+           instances[uuid]?.taskState == nil
         {
-            record.powerState = p
-            if instances[uuid]?.taskState == nil { instances[uuid]?.powerState = p }
+            instances[uuid]?.powerState = p
         }
+        // Read again: another action may have run while the hypervisor answered.
+        guard let record = instances[uuid] else { throw ComputeError.notFound(uuid) }
         return record.rpcJSON
     }
 

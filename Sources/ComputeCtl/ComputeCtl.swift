@@ -98,8 +98,11 @@ func stateLine(_ v: JSONValue) -> String {
 }
 
 /// Waits until the instance has no task in progress; prints each state it passes.
-func waitForInstance(_ client: RPCClient, host: String, uuid: String, timeout: Double, gone: Bool = false) async throws {
+func waitForInstance(_ client: RPCClient, host: String, uuid: String, timeout: Double, gone: Bool = false,
+                     expect: String? = nil) async throws
+{
     let deadline = monotonicSeconds() + timeout
+    let settle = monotonicSeconds() + 2
     var last = ""
     while monotonicSeconds() < deadline {
         do {
@@ -107,7 +110,12 @@ func waitForInstance(_ client: RPCClient, host: String, uuid: String, timeout: D
                                           args: ["instance_uuid": .string(uuid)], timeout: 10)
             let line = stateLine(v)
             if line != last { print("  " + line); last = line }
-            if v["task_state"]?.isNull ?? true, v["vm_state"]?.stringValue != "building" { return }
+            let idle = (v["task_state"]?.isNull ?? true) && v["vm_state"]?.stringValue != "building"
+            if idle && (expect == nil || v["vm_state"]?.stringValue == expect) { return }
+            if idle && monotonicSeconds() > settle {
+                print("  (state unchanged: the agent refused the action or has not run it; see its log)")
+                return
+            }
         } catch let f as RemoteFailure where f.className == "InstanceNotFound" {
             if gone { print("  \(uuid)  deleted"); return }
             throw f
@@ -182,7 +190,9 @@ struct Action: AsyncParsableCommand {
         try await conn.withClient { c, host in
             try await c.cast(topic: "compute", server: host, method: "\(action)_instance", args: ["instance_uuid": .string(uuid)])
             print("\(action)_instance cast to compute.\(host): \(uuid)")
-            if wait { try await waitForInstance(c, host: host, uuid: uuid, timeout: conn.timeout) }
+            let expected = ["stop": "stopped", "start": "active", "pause": "paused", "unpause": "active",
+                            "suspend": "suspended", "resume": "active"][action]
+            if wait { try await waitForInstance(c, host: host, uuid: uuid, timeout: conn.timeout, expect: expected) }
         }
     }
 }

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# The main job, end to end: installs what is missing, starts a loopback RabbitMQ, builds,
+# starts compute-agent with the libvirt plugin on libvirt's test:///default driver, then
+# drives one instance through its life with computectl, printing each state and the
+# capabilities the agent fans out to the scheduler.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+WORK=${DEMO_DIR:-/tmp/compute-agent-demo}
+HOST=demo-host
+
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+step "install dependencies (idempotent)"
+bash scripts/install-deps.sh
+step "start RabbitMQ on loopback"
+bash scripts/rabbitmq.sh start
+step "build"
+swift build 2>&1 | tail -2
+BIN=$ROOT/.build/debug
+
+rm -rf "$WORK"; mkdir -p "$WORK"
+cat > "$WORK/compute-agent.conf" <<CONF
+[DEFAULT]
+host = $HOST
+transport_url = rabbit://guest:guest@127.0.0.1:5672/
+state_path = $WORK/state
+plugin_dir = $BIN
+compute_driver = libvirt
+image_fetcher = file
+network_plugin = noop
+report_interval = 10
+periodic_interval = 60
+
+[libvirt]
+connection_uri = test:///default
+CONF
+CTL=("$BIN/computectl")
+C=(--config-file "$WORK/compute-agent.conf")
+
+AGENT_PID=""; LISTEN_PID=""
+cleanup() {
+  [ -n "$LISTEN_PID" ] && kill "$LISTEN_PID" 2>/dev/null || true
+  if [ -n "$AGENT_PID" ] && kill -0 "$AGENT_PID" 2>/dev/null; then
+    kill -TERM "$AGENT_PID"; wait "$AGENT_PID" 2>/dev/null || true
+  fi
+}
+trap cleanup EXIT
+
+step "listen on scheduler_fanout, as the scheduler does"
+"${CTL[@]}" listen-capabilities "${C[@]}" --count 1 --timeout 30 > "$WORK/capabilities.txt" 2>&1 &
+LISTEN_PID=$!
+for _ in $(seq 1 100); do grep -q "listening" "$WORK/capabilities.txt" 2>/dev/null && break; sleep 0.1; done
+
+step "start compute-agent (libvirt plugin on test:///default)"
+"$BIN/compute-agent" --config-file "$WORK/compute-agent.conf" > "$WORK/agent.log" 2>&1 &
+AGENT_PID=$!
+for _ in $(seq 1 200); do grep -q "consuming" "$WORK/agent.log" && break; sleep 0.05; done
+sed 's/^/  agent| /' "$WORK/agent.log"
+
+step "capabilities the agent fanned out right after start-up"
+wait "$LISTEN_PID" || true; LISTEN_PID=""
+cat "$WORK/capabilities.txt"
+
+step "ping (rpc.call)"
+"${CTL[@]}" ping "${C[@]}"
+
+qemu-img create -q -f qcow2 "$WORK/cirros-like.qcow2" 16M
+step "boot an instance (rpc.cast build_and_run_instance)"
+UUID=$("${CTL[@]}" boot "${C[@]}" --name demo-vm --vcpus 1 --memory 64 --disk 1 \
+        --image "file://$WORK/cirros-like.qcow2" --wait | tee /dev/stderr | head -1 | awk '{print $NF}')
+
+for action in pause unpause suspend resume; do
+  step "$action"
+  "${CTL[@]}" action "$action" "$UUID" "${C[@]}" --wait
+done
+step "reboot (soft)"
+"${CTL[@]}" reboot "$UUID" "${C[@]}" --wait
+step "stop"
+"${CTL[@]}" action stop "$UUID" "${C[@]}" --wait
+step "a refused action: pause while stopped (the agent logs InstanceInvalidState)"
+"${CTL[@]}" action pause "$UUID" "${C[@]}" --wait
+sleep 0.2; grep "InstanceInvalidState" "$WORK/agent.log" | tail -1 | sed 's/^/  agent| /'
+step "start"
+"${CTL[@]}" action start "$UUID" "${C[@]}" --wait
+step "list"
+"${CTL[@]}" list "${C[@]}"
+step "terminate"
+"${CTL[@]}" terminate "$UUID" "${C[@]}" --wait
+"${CTL[@]}" list "${C[@]}"
+
+step "what the agent logged for this instance"
+grep "$UUID" "$WORK/agent.log" | grep -v get_instance_info | sed 's/^/  agent| /'
+step "done: stopping the agent (SIGTERM)"
+kill -TERM "$AGENT_PID"; wait "$AGENT_PID" || true; AGENT_PID=""
+tail -2 "$WORK/agent.log" | sed 's/^/  agent| /'
