@@ -300,16 +300,3 @@ public final class AMQPWorker: Sendable {
         return poll(&p, 1, 0) > 0
     }
 }
-
-/// Resumes a continuation exactly once, whichever of several paths gets there first.
-final class ResumeOnce<T: Sendable>: Sendable {
-    private let continuation: Mutex<CheckedContinuation<T, Never>?>
-    init(_ c: CheckedContinuation<T, Never>) { continuation = Mutex(c) }
-    func resume(_ value: T) {
-        let c = continuation.withLock { c -> CheckedContinuation<T, Never>? in
-            defer { c = nil }
-            return c
-        }
-        c?.resume(returning: value)
-    }
-}

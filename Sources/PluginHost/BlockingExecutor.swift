@@ -110,19 +110,3 @@ public final class BlockingExecutor: Sendable {
         }
     }
 }
-
-/// Resumes a continuation once; later attempts report false.
-final class ResumeOnce<T: Sendable>: Sendable {
-    private let continuation: Mutex<CheckedContinuation<T, Never>?>
-    init(_ c: CheckedContinuation<T, Never>) { continuation = Mutex(c) }
-
-    @discardableResult
-    func resume(_ value: T) -> Bool {
-        let c = continuation.withLock { c -> CheckedContinuation<T, Never>? in
-            defer { c = nil }
-            return c
-        }
-        c?.resume(returning: value)
-        return c != nil
-    }
-}
