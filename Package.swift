@@ -7,6 +7,7 @@ import PackageDescription
 //   PluginHost     – dlopen loader, descriptor validation, blocking executor for plugin calls
 //   PluginSDK      – helpers for writing a plugin in Swift
 //   Compute        – the compute manager: lifecycle rules, state table, periodic tasks
+//   InstanceStore  – the crash-safe records of instances and operations (SQLite, WAL)
 //   JSON           – the JSON value type, parser and writer (wire format and plugin calls)
 //   AgentSupport   – configuration file parsing, logging, threads shared by the executables
 let package = Package(
@@ -33,6 +34,8 @@ let package = Package(
         .systemLibrary(name: "CLibvirt", pkgConfig: "libvirt",
                        providers: [.apt(["libvirt-dev"])]),
         .target(name: "PluginABI"),
+        .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3",
+                       providers: [.apt(["libsqlite3-dev"])]),
 
         // Agent modules
         .target(name: "JSON"),
@@ -48,8 +51,9 @@ let package = Package(
             "PluginABI", "AgentSupport",
             .product(name: "Logging", package: "swift-log"),
         ]),
+        .target(name: "InstanceStore", dependencies: ["CSQLite", "AgentSupport"]),
         .target(name: "Compute", dependencies: [
-            "Messaging", "PluginHost", "AgentSupport",
+            "Messaging", "PluginHost", "AgentSupport", "InstanceStore",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
@@ -74,7 +78,7 @@ let package = Package(
 
         // Unit tests (the integration tests against real parts live in Tests/integration)
         .testTarget(name: "MessagingTests", dependencies: ["Messaging"]),
-        .testTarget(name: "ComputeTests", dependencies: ["Compute", "PluginHost"]),
+        .testTarget(name: "ComputeTests", dependencies: ["Compute", "PluginHost", "InstanceStore"]),
         .testTarget(name: "AgentSupportTests", dependencies: ["AgentSupport"]),
     ],
     swiftLanguageModes: [.v6]

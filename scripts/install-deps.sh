@@ -10,6 +10,7 @@ DEB_PACKAGES=(
   pkg-config gcc make
   librabbitmq-dev        # AMQP 0-9-1 client (rabbitmq-c) used by the Messaging module
   libvirt-dev            # the libvirt hypervisor plugin
+  libsqlite3-dev         # the crash-safe instance store (InstanceStore module)
   libsystemd-dev         # journald / sd_notify (daemon integration)
   rabbitmq-server        # the broker tests and the demo run on loopback
   libvirt-daemon         # libvirtd, for the real-QEMU test where it can run

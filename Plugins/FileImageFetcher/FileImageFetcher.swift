@@ -11,7 +11,31 @@ import Glibc
 final class FileImageFetcher: @unchecked Sendable {
     // Safe to share: immutable after init; each fetch uses only its own locals.
     let host: PluginHostAPI
-    init(host: PluginHostAPI) { self.host = host }
+    /// Where upload stores snapshots (`[file] upload_dir`).
+    let uploadDir: String
+    init(host: PluginHostAPI) throws(PluginFailure) {
+        self.host = host
+        uploadDir = host.option("upload_dir") ?? "/var/lib/compute-agent/images"
+        guard uploadDir.hasPrefix("/") else {
+            throw PluginFailure(CA_ERR_INVALID_ARGUMENT, "[file] upload_dir = '\(uploadDir)' must be an absolute path")
+        }
+    }
+
+    /// Stores a snapshot as `<upload_dir>/<image_id>` (checksummed, fsynced, atomic) and
+    /// returns a file:// reference that fetch accepts.
+    func upload(_ req: JSONValue) throws(PluginFailure) -> JSONValue {
+        guard let src = req["source_path"]?.stringValue, src.hasPrefix("/") else {
+            throw PluginFailure(CA_ERR_INVALID_ARGUMENT, "source_path must be an absolute path")
+        }
+        guard let id = req["image_id"]?.stringValue, !id.isEmpty,
+              id.utf8.allSatisfy({ $0 != UInt8(ascii: "/") && $0 != 0 }), id != ".", id != ".." else {
+            throw PluginFailure(CA_ERR_INVALID_ARGUMENT, "image_id must be a plain name")
+        }
+        let dest = "\(uploadDir)/\(id)"
+        if access(dest, F_OK) == 0 { throw PluginFailure(CA_ERR_INVALID_STATE, "image \(id) already exists in \(uploadDir)") }
+        let r = try fetch(.object(["image_ref": .string(src), "dest_path": .string(dest)]))
+        return .object(["image_ref": .string("file://" + dest), "size": r["size"] ?? .null, "checksum": r["checksum"] ?? .null])
+    }
 
     static func sourcePath(_ ref: String) -> String? {
         if ref.hasPrefix("file://") {
@@ -113,7 +137,7 @@ nonisolated(unsafe) private let vtable: UnsafeMutablePointer<ca_image_fetch_vtab
         init: { host, state, err in
             PluginSDK.run(err) { () throws(PluginFailure) in
                 guard let host else { throw PluginFailure(CA_ERR_INVALID_ARGUMENT, "no host table") }
-                state!.pointee = Unmanaged.passRetained(FileImageFetcher(host: PluginHostAPI(host))).toOpaque()
+                state!.pointee = Unmanaged.passRetained(try FileImageFetcher(host: PluginHostAPI(host))).toOpaque()
             }
         },
         shutdown: { state in if let state { Unmanaged<FileImageFetcher>.fromOpaque(state).release() } },
@@ -126,12 +150,18 @@ nonisolated(unsafe) private let vtable: UnsafeMutablePointer<ca_image_fetch_vtab
                 let f = Unmanaged<FileImageFetcher>.fromOpaque(state!).takeUnretainedValue()
                 return try f.fetch(PluginSDK.parse(json, what: "request"))
             }
+        },
+        upload: { state, json, out, err in
+            PluginSDK.runJSON(out, err) { () throws(PluginFailure) in
+                let f = Unmanaged<FileImageFetcher>.fromOpaque(state!).takeUnretainedValue()
+                return try f.upload(PluginSDK.parse(json, what: "request"))
+            }
         }))
     return v
 }()
 
 nonisolated(unsafe) private let descriptor = PluginSDK.makeDescriptor(
-    kind: CA_PLUGIN_KIND_IMAGE_FETCH, name: "file", version: "1.0.0",
+    kind: CA_PLUGIN_KIND_IMAGE_FETCH, name: "file", version: "1.1.0",
     description: "copies file:// images (checksum-verified) to the instance disk", vtable: UnsafeRawPointer(vtable))
 
 @_cdecl("compute_agent_plugin_entry")

@@ -2,7 +2,8 @@ import PluginSDK
 
 /// Builds libvirt domain XML from the instance JSON the agent passes to spawn.
 enum DomainXML {
-    static func build(_ i: JSONValue, domainType: String) throws(PluginFailure) -> String {
+    static func build(_ i: JSONValue, domainType: String, disks explicitDisks: [String]? = nil,
+                      rescue: Bool = false) throws(PluginFailure) -> String {
         func require(_ key: String) throws(PluginFailure) -> JSONValue {
             guard let v = i[key], !v.isNull else { throw PluginFailure(CA_ERR_INVALID_ARGUMENT, "instance has no '\(key)'") }
             return v
@@ -11,7 +12,7 @@ enum DomainXML {
         let name = i["name"]?.stringValue ?? "instance-\(uuid)"
         guard let vcpus = try require("vcpus").intValue, vcpus > 0 else { throw PluginFailure(CA_ERR_INVALID_ARGUMENT, "'vcpus' must be a positive integer") }
         guard let memory = try require("memory_mb").intValue, memory > 0 else { throw PluginFailure(CA_ERR_INVALID_ARGUMENT, "'memory_mb' must be a positive integer") }
-        let disk = i["disk_path"]?.stringValue
+        let disks = explicitDisks ?? (i["disk_path"]?.stringValue).map { [$0] } ?? []
         let format = i["disk_format"]?.stringValue ?? "qcow2"
 
         var x = "<domain type='\(esc(domainType))'>\n"
@@ -21,9 +22,10 @@ enum DomainXML {
         x += "  <features><acpi/></features>\n"
         x += "  <on_poweroff>destroy</on_poweroff><on_reboot>restart</on_reboot><on_crash>destroy</on_crash>\n"
         x += "  <devices>\n"
-        if let disk {
+        for (n, disk) in disks.enumerated() {
+            let dev = "vd" + String(UnicodeScalar(UInt8(97 + min(n, 25))))
             x += "    <disk type='file' device='disk'><driver name='qemu' type='\(esc(format))'/>"
-            x += "<source file='\(esc(disk))'/><target dev='vda' bus='virtio'/></disk>\n"
+            x += "<source file='\(esc(disk))'/><target dev='\(dev)' bus='virtio'/></disk>\n"
         }
         for vif in i["vifs"]?.arrayValue ?? [] {
             guard let bridge = vif["bridge"]?.stringValue else { continue }
@@ -35,10 +37,68 @@ enum DomainXML {
             x += "<model type='virtio'/></interface>\n"
         }
         if domainType != "test" {
-            x += "    <serial type='pty'/><console type='pty'/>\n"
+            // The console is written next to the disk, where get_console_output reads it.
+            if let dir = disks.last.map({ String($0[..<($0.lastIndex(of: "/") ?? $0.endIndex)]) }), !dir.isEmpty, !rescue {
+                x += "    <serial type='file'><source path='\(esc(dir))/console.log'/></serial><console type='file'><source path='\(esc(dir))/console.log'/></console>\n"
+            } else {
+                x += "    <serial type='pty'/><console type='pty'/>\n"
+            }
         }
         x += "  </devices>\n</domain>\n"
         return x
+    }
+
+    /// The `file` attribute of the first `<source file=…>` of a disk in a domain's XML.
+    static func firstDiskSource(_ xml: String) -> String? {
+        attribute(after: "<disk type='file'", inside: xml, tag: "<source file='")
+    }
+
+    static func firstDiskFormat(_ xml: String) -> String? {
+        attribute(after: "<disk type='file'", inside: xml, tag: "<driver name='qemu' type='")
+    }
+
+    /// The file a `<serial type='file'>` writes to.
+    static func consoleLogPath(_ xml: String) -> String? {
+        attribute(after: "<serial type='file'", inside: xml, tag: "<source path='")
+    }
+
+    /// The quoted value right after `tag`, searching from the first `anchor` on (libvirt
+    /// writes its XML with single-quoted attributes, always in this form).
+    private static func attribute(after anchor: String, inside xml: String, tag: String) -> String? {
+        let b = Array(xml.utf8)
+        guard let a = find(Array(anchor.utf8), in: b, from: 0),
+              let t = find(Array(tag.utf8), in: b, from: a) else { return nil }
+        let start = t + tag.utf8.count
+        guard let end = b[start...].firstIndex(of: UInt8(ascii: "'")) else { return nil }
+        return unescape(String(decoding: b[start..<end], as: UTF8.self))
+    }
+
+    private static func find(_ needle: [UInt8], in hay: [UInt8], from: Int) -> Int? {
+        guard !needle.isEmpty, hay.count >= needle.count else { return nil }
+        var i = from
+        while i + needle.count <= hay.count {
+            if hay[i] == needle[0] && Array(hay[i..<(i + needle.count)]) == needle { return i }
+            i += 1
+        }
+        return nil
+    }
+
+    static func unescape(_ s: String) -> String {
+        var out = ""
+        var i = s.startIndex
+        let entities: [(String, Character)] = [("&apos;", "'"), ("&quot;", "\""), ("&lt;", "<"), ("&gt;", ">"), ("&amp;", "&")]
+        outer: while i < s.endIndex {
+            if s[i] == "&" {
+                for (e, c) in entities where s[i...].hasPrefix(e) {
+                    out.append(c)
+                    i = s.index(i, offsetBy: e.count)
+                    continue outer
+                }
+            }
+            out.append(s[i])
+            i = s.index(after: i)
+        }
+        return out
     }
 
     static func esc(_ s: String) -> String {

@@ -54,12 +54,35 @@ nonisolated(unsafe) private let vtable: UnsafeMutablePointer<ca_hypervisor_vtabl
         },
         resume: { s, uuid, err in
             PluginSDK.run(err) { () throws(PluginFailure) in try driver(s).simple(uuidArg(uuid), "virDomainCreate") { virDomainCreate($0) } }
+        },
+        rescue: { s, inst, resc, err in
+            PluginSDK.run(err) { () throws(PluginFailure) in
+                try driver(s).rescue(PluginSDK.parse(inst, what: "instance"), PluginSDK.parse(resc, what: "rescue"))
+            }
+        },
+        unrescue: { s, inst, err in
+            PluginSDK.run(err) { () throws(PluginFailure) in try driver(s).unrescue(PluginSDK.parse(inst, what: "instance")) }
+        },
+        snapshot: { s, uuid, dest, out, err in
+            PluginSDK.runJSON(out, err) { () throws(PluginFailure) in
+                guard let dest else { throw PluginFailure(CA_ERR_INVALID_ARGUMENT, "dest_path is NULL") }
+                return try driver(s).snapshot(uuidArg(uuid), dest: String(cString: dest))
+            }
+        },
+        resize: { s, inst, err in
+            PluginSDK.run(err) { () throws(PluginFailure) in try driver(s).resize(PluginSDK.parse(inst, what: "instance")) }
+        },
+        get_console_output: { s, uuid, out, err in
+            PluginSDK.runJSON(out, err) { () throws(PluginFailure) in try driver(s).consoleOutput(uuidArg(uuid)) }
+        },
+        get_diagnostics: { s, uuid, out, err in
+            PluginSDK.runJSON(out, err) { () throws(PluginFailure) in try driver(s).diagnostics(uuidArg(uuid)) }
         }))
     return v
 }()
 
 nonisolated(unsafe) private let descriptor = PluginSDK.makeDescriptor(
-    kind: CA_PLUGIN_KIND_HYPERVISOR, name: "libvirt", version: "1.0.0",
+    kind: CA_PLUGIN_KIND_HYPERVISOR, name: "libvirt", version: "1.1.0",
     description: "libvirt hypervisor (qemu/kvm, test:///default)", vtable: UnsafeRawPointer(vtable))
 
 @_cdecl("compute_agent_plugin_entry")

@@ -36,14 +36,44 @@ final class LibvirtDriver: @unchecked Sendable {
         shutdownTimeout = timeout
         // libvirt prints every error to stderr unless told otherwise.
         virSetErrorFunc(nil, { _, _ in })
+        // Domain events need libvirt's event loop, registered before the connection opens
+        // and run on a thread of its own.
+        Self.startEventLoop()
         guard let c = virConnectOpen(uri) else {
             throw PluginFailure(CA_ERR_UNAVAILABLE, "cannot connect to \(uri): \(Self.lastError())")
         }
         conn = c
         host.log(CA_LOG_INFO, "connected to \(uri) (domain type \(domainType))")
+        let opaque = Unmanaged.passUnretained(self).toOpaque()
+        eventCallback = ca_register_lifecycle(c, { opaque, uuid, event, detail in
+            guard let opaque, let uuid else { return }
+            let d = Unmanaged<LibvirtDriver>.fromOpaque(opaque).takeUnretainedValue()
+            d.host.emit(.object(["event": "lifecycle", "uuid": .string(String(cString: uuid)),
+                                 "libvirt_event": .int(Int64(event)), "libvirt_detail": .int(Int64(detail))]))
+        }, opaque)
+        if eventCallback < 0 {
+            host.log(CA_LOG_WARNING, "lifecycle events unavailable (\(Self.lastError())); the periodic power-state sync still runs")
+        }
     }
 
-    deinit { virConnectClose(conn) }
+    /// Set once in init (before any other thread sees the driver).
+    private(set) var eventCallback: Int32 = -1
+
+    deinit {
+        if eventCallback >= 0 { virConnectDomainEventDeregisterAny(conn, eventCallback) }
+        virConnectClose(conn)
+    }
+
+    private static let eventLoop: Void = {
+        if virEventRegisterDefaultImpl() == 0 {
+            let t = UnsafeMutablePointer<pthread_t>.allocate(capacity: 1)
+            pthread_create(t, nil, { _ in
+                while true { if virEventRunDefaultImpl() < 0 { usleep(100_000) } }
+            }, nil)
+        }
+    }()
+
+    static func startEventLoop() { _ = eventLoop }
 
     /// libvirt's last error on this thread: read it right after the failing call.
     static func lastError() -> String {
@@ -212,6 +242,96 @@ final class LibvirtDriver: @unchecked Sendable {
             }
             if virDomainIsActive(d) == 1, virDomainDestroy(d) != 0 { throw failure("virDomainDestroy") }
             if virDomainCreate(d) != 0 { throw failure("virDomainCreate") }
+        }
+    }
+
+    // MARK: - ABI 1.1 operations
+
+    /// Replaces the domain by one that boots from the rescue disk, with the instance's own
+    /// disk attached second.
+    func rescue(_ instance: JSONValue, _ rescue: JSONValue) throws(PluginFailure) {
+        guard let uuid = instance["uuid"]?.stringValue else { throw PluginFailure(CA_ERR_INVALID_ARGUMENT, "instance has no uuid") }
+        try destroy(uuid)
+        var disks: [String] = []
+        if let r = rescue["rescue_disk_path"]?.stringValue { disks.append(r) }
+        if let d = instance["disk_path"]?.stringValue, FileManagerLite.exists(d) { disks.append(d) }
+        try defineAndStart(DomainXML.build(instance, domainType: domainType, disks: disks, rescue: true))
+    }
+
+    /// Back to the instance's own domain.
+    func unrescue(_ instance: JSONValue) throws(PluginFailure) {
+        guard let uuid = instance["uuid"]?.stringValue else { throw PluginFailure(CA_ERR_INVALID_ARGUMENT, "instance has no uuid") }
+        try destroy(uuid)
+        try spawn(instance)
+    }
+
+    private func defineAndStart(_ xml: String) throws(PluginFailure) {
+        guard let dom = virDomainDefineXML(conn, xml) else { throw failure("defining the domain") }
+        defer { virDomainFree(dom) }
+        if virDomainCreate(dom) != 0 {
+            let f = failure("starting the domain")
+            _ = virDomainUndefine(dom)
+            throw f
+        }
+    }
+
+    /// Copies the domain's first file disk to `dest`, pausing a running domain while it
+    /// copies so the copy is consistent, and resuming it afterwards.
+    func snapshot(_ uuid: String, dest: String) throws(PluginFailure) -> JSONValue {
+        try withDomain(uuid) { d throws(PluginFailure) in
+            guard let raw = virDomainGetXMLDesc(d, 0) else { throw failure("virDomainGetXMLDesc") }
+            let xml = String(cString: raw)
+            free(raw)
+            guard let source = DomainXML.firstDiskSource(xml), FileManagerLite.exists(source) else {
+                throw PluginFailure(CA_ERR_INVALID_STATE, "instance \(uuid) has no disk file to snapshot")
+            }
+            var info = virDomainInfo()
+            _ = virDomainGetInfo(d, &info)
+            let running = Int32(info.state) == Int32(VIR_DOMAIN_RUNNING.rawValue)
+            if running, virDomainSuspend(d) != 0 { throw failure("pausing for the snapshot") }
+            defer { if running { _ = virDomainResume(d) } }
+            let size = try FileManagerLite.copy(from: source, to: dest)
+            return .object(["size": .int(Int64(size)), "disk_format": .string(DomainXML.firstDiskFormat(xml) ?? "raw")])
+        }
+    }
+
+    /// Redefines the domain with the new vcpus/memory; a running domain is restarted to
+    /// take them (as nova's resize restarts it), a stopped one stays stopped.
+    func resize(_ instance: JSONValue) throws(PluginFailure) {
+        guard let uuid = instance["uuid"]?.stringValue else { throw PluginFailure(CA_ERR_INVALID_ARGUMENT, "instance has no uuid") }
+        let wasActive = try withDomain(uuid) { d throws(PluginFailure) in virDomainIsActive(d) == 1 }
+        let xml = try DomainXML.build(instance, domainType: domainType)
+        guard let dom = virDomainDefineXML(conn, xml) else { throw failure("redefining the domain") }
+        defer { virDomainFree(dom) }
+        if wasActive {
+            if virDomainDestroy(dom) != 0 { throw failure("virDomainDestroy") }
+            if virDomainCreate(dom) != 0 { throw failure("virDomainCreate") }
+        }
+    }
+
+    /// The tail of the console log the domain writes next to its disk (at most 100 KiB,
+    /// as nova's MAX_CONSOLE_BYTES); empty if there is none yet.
+    func consoleOutput(_ uuid: String) throws(PluginFailure) -> JSONValue {
+        try withDomain(uuid) { d throws(PluginFailure) in
+            guard let raw = virDomainGetXMLDesc(d, 0) else { throw failure("virDomainGetXMLDesc") }
+            let xml = String(cString: raw)
+            free(raw)
+            guard let path = DomainXML.consoleLogPath(xml) else { return .object(["output": ""]) }
+            return .object(["output": .string(FileManagerLite.tail(path, maxBytes: 100 * 1024))])
+        }
+    }
+
+    func diagnostics(_ uuid: String) throws(PluginFailure) -> JSONValue {
+        try withDomain(uuid) { d throws(PluginFailure) in
+            var info = virDomainInfo()
+            guard virDomainGetInfo(d, &info) == 0 else { throw failure("virDomainGetInfo") }
+            let power = Self.powerState(info.state, managedSave: false)
+            return .object([
+                "state": .string(["pending", "running", "blocked", "paused", "shutdown", "shutoff", "crashed", "pmsuspended"][min(Int(info.state), 7)]),
+                "power_state": .int(power), "driver": "libvirt", "hypervisor": .string(domainType),
+                "num_cpus": .int(Int64(info.nrVirtCpu)), "memory_mb": .int(Int64(info.maxMem / 1024)),
+                "memory_used_mb": .int(Int64(info.memory / 1024)), "cpu_time_ns": .int(Int64(truncatingIfNeeded: info.cpuTime)),
+            ])
         }
     }
 

@@ -25,6 +25,20 @@ public struct AgentConfiguration: Sendable {
     public var pluginCallTimeout: Double
     public var pluginThreads: Int
     public var rpcResponseTimeout: Double
+    // Resources and lifecycle (nova's names and defaults)
+    public var cpuAllocationRatio: Double
+    public var ramAllocationRatio: Double
+    public var diskAllocationRatio: Double
+    public var reservedHostMemoryMB: Int
+    public var reservedHostDiskMB: Int
+    public var maxConcurrentBuilds: Int
+    public var updateResourcesInterval: Double
+    public var syncPowerStateInterval: Double
+    /// 0 = soft-deleted instances are kept until restored or terminated.
+    public var reclaimInstanceInterval: Double
+    public var softRebootTimeout: Double
+    public var notificationDriver: String
+    public var notificationTopic: String
     // [oslo_messaging_rabbit]
     public var heartbeatTimeoutThreshold: Int
     public var qosPrefetchCount: Int
@@ -50,6 +64,10 @@ public struct AgentConfiguration: Sendable {
             pluginDir: "/usr/lib/compute-agent/plugins",
             computeDriver: "libvirt", imageFetcher: "file", networkPlugin: "noop",
             debug: false, pluginCallTimeout: 300, pluginThreads: 8, rpcResponseTimeout: 60,
+            cpuAllocationRatio: 16.0, ramAllocationRatio: 1.5, diskAllocationRatio: 1.0,
+            reservedHostMemoryMB: 512, reservedHostDiskMB: 0, maxConcurrentBuilds: 10,
+            updateResourcesInterval: 60, syncPowerStateInterval: 600, reclaimInstanceInterval: 0,
+            softRebootTimeout: 120, notificationDriver: "messagingv2", notificationTopic: "notifications",
             heartbeatTimeoutThreshold: 60, qosPrefetchCount: 64, quorumQueues: false,
             transientQueuesTTL: 1800, durableQueues: false,
             pluginSections: [:], sourceFile: "<defaults>", optionLines: [:])
@@ -61,7 +79,11 @@ public struct AgentConfiguration: Sendable {
         "DEFAULT": ["host", "transport_url", "control_exchange", "report_interval",
                     "periodic_interval", "state_path", "plugin_dir", "compute_driver",
                     "image_fetcher", "network_plugin", "debug", "plugin_call_timeout",
-                    "plugin_threads", "rpc_response_timeout"],
+                    "plugin_threads", "rpc_response_timeout", "cpu_allocation_ratio",
+                    "ram_allocation_ratio", "disk_allocation_ratio", "reserved_host_memory_mb",
+                    "reserved_host_disk_mb", "max_concurrent_builds", "update_resources_interval",
+                    "sync_power_state_interval", "reclaim_instance_interval", "soft_reboot_timeout",
+                    "notification_driver", "notification_topic"],
         "oslo_messaging_rabbit": ["heartbeat_timeout_threshold", "rabbit_qos_prefetch_count",
                                   "rabbit_quorum_queue", "rabbit_transient_queues_ttl",
                                   "amqp_durable_queues"],
@@ -96,6 +118,19 @@ public struct AgentConfiguration: Sendable {
         c.pluginCallTimeout = try reader.seconds("DEFAULT", "plugin_call_timeout", c.pluginCallTimeout)
         c.pluginThreads = try reader.int("DEFAULT", "plugin_threads", c.pluginThreads, range: 1...256)
         c.rpcResponseTimeout = try reader.seconds("DEFAULT", "rpc_response_timeout", c.rpcResponseTimeout)
+
+        c.cpuAllocationRatio = try reader.ratio("DEFAULT", "cpu_allocation_ratio", c.cpuAllocationRatio)
+        c.ramAllocationRatio = try reader.ratio("DEFAULT", "ram_allocation_ratio", c.ramAllocationRatio)
+        c.diskAllocationRatio = try reader.ratio("DEFAULT", "disk_allocation_ratio", c.diskAllocationRatio)
+        c.reservedHostMemoryMB = try reader.int("DEFAULT", "reserved_host_memory_mb", c.reservedHostMemoryMB, range: 0...(1 << 30))
+        c.reservedHostDiskMB = try reader.int("DEFAULT", "reserved_host_disk_mb", c.reservedHostDiskMB, range: 0...(1 << 40))
+        c.maxConcurrentBuilds = try reader.int("DEFAULT", "max_concurrent_builds", c.maxConcurrentBuilds, range: 1...1000)
+        c.updateResourcesInterval = try reader.seconds("DEFAULT", "update_resources_interval", c.updateResourcesInterval)
+        c.syncPowerStateInterval = try reader.seconds("DEFAULT", "sync_power_state_interval", c.syncPowerStateInterval)
+        c.reclaimInstanceInterval = try reader.seconds("DEFAULT", "reclaim_instance_interval", c.reclaimInstanceInterval, allowZero: true)
+        c.softRebootTimeout = try reader.seconds("DEFAULT", "soft_reboot_timeout", c.softRebootTimeout)
+        c.notificationDriver = try reader.choice("DEFAULT", "notification_driver", c.notificationDriver, ["messagingv2", "noop"])
+        c.notificationTopic = try reader.string("DEFAULT", "notification_topic", c.notificationTopic, nonEmpty: true)
 
         let r = "oslo_messaging_rabbit"
         c.heartbeatTimeoutThreshold = try reader.int(r, "heartbeat_timeout_threshold", c.heartbeatTimeoutThreshold, range: 0...3600)
@@ -192,11 +227,29 @@ private struct OptionReader {
         return v
     }
 
-    mutating func seconds(_ s: String, _ o: String, _ d: Double) throws(ConfigError) -> Double {
+    mutating func seconds(_ s: String, _ o: String, _ d: Double, allowZero: Bool = false) throws(ConfigError) -> Double {
         guard let e = raw(s, o) else { return d }
         guard let v = Double(e.value), v.isFinite else { throw fail(s, o, e, "expected a number of seconds, got '\(e.value)'") }
-        guard v > 0 && v <= 86_400 else { throw fail(s, o, e, "\(e.value) s is out of range (0, 86400]") }
+        if allowZero && v == 0 { return 0 }
+        guard v > 0 && v <= 86_400 * 30 else {
+            throw fail(s, o, e, "\(e.value) s is out of range \(allowZero ? "[0" : "(0"), 2592000]")
+        }
         return v
+    }
+
+    mutating func ratio(_ s: String, _ o: String, _ d: Double) throws(ConfigError) -> Double {
+        guard let e = raw(s, o) else { return d }
+        guard let v = Double(e.value), v.isFinite else { throw fail(s, o, e, "expected a number, got '\(e.value)'") }
+        guard v > 0 && v <= 1000 else { throw fail(s, o, e, "\(e.value) is out of range (0, 1000]") }
+        return v
+    }
+
+    mutating func choice(_ s: String, _ o: String, _ d: String, _ allowed: [String]) throws(ConfigError) -> String {
+        guard let e = raw(s, o) else { return d }
+        guard allowed.contains(e.value) else {
+            throw fail(s, o, e, "'\(e.value)' is not one of: \(allowed.joined(separator: ", "))")
+        }
+        return e.value
     }
 }
 

@@ -75,3 +75,19 @@ extension String {
         self = String(decoding: bytes, as: UTF8.self)
     }
 }
+
+/// The current UTC time as Python's `str(datetime.utcnow())` prints it
+/// ("2026-11-23 09:15:02.123456"), the form oslo.messaging puts in notifications and nova
+/// in its timestamps.
+public func utcTimestamp() -> String {
+    var ts = timespec()
+    clock_gettime(CLOCK_REALTIME, &ts)
+    var t = tm()
+    var secs = ts.tv_sec
+    gmtime_r(&secs, &t)
+    func pad(_ v: Int, _ w: Int) -> String {
+        let s = String(v)
+        return String(repeating: "0", count: max(0, w - s.count)) + s
+    }
+    return "\(t.tm_year + 1900)-\(pad(Int(t.tm_mon) + 1, 2))-\(pad(Int(t.tm_mday), 2)) \(pad(Int(t.tm_hour), 2)):\(pad(Int(t.tm_min), 2)):\(pad(Int(t.tm_sec), 2)).\(pad(ts.tv_nsec / 1000, 6))"
+}

@@ -12,16 +12,27 @@ public struct ComputeError: Error, RemoteFailureConvertible, CustomStringConvert
         case notSupported = "NotSupported"
         case hypervisorFailure = "HypervisorUnavailable"
         case buildFailed = "BuildAbortException"
+        case resourcesUnavailable = "ComputeResourcesUnavailable"
+        case locked = "InstanceIsLocked"
+        case resizeError = "ResizeError"
+        case storeFailure = "ComputeAgentStoreError"
     }
 
     public let code: Code
     public let message: String
     public let kwargs: [String: JSONValue]
 
+    public init(code: Code, message: String, kwargs: [String: JSONValue]) {
+        self.code = code
+        self.message = message
+        self.kwargs = kwargs
+    }
+
     public var description: String { "\(code.rawValue): \(message)" }
 
     public var remoteFailure: RemoteFailure {
-        RemoteFailure(className: code.rawValue, module: "nova.exception", message: message, kwargs: kwargs)
+        RemoteFailure(className: code.rawValue, module: code == .storeFailure ? "compute_agent.exception" : "nova.exception",
+                      message: message, kwargs: kwargs)
     }
 
     /// nova's InstanceInvalidState message, word for word.
@@ -37,5 +48,15 @@ public struct ComputeError: Error, RemoteFailureConvertible, CustomStringConvert
 
     public static func invalidInput(_ reason: String) -> ComputeError {
         ComputeError(code: .invalidInput, message: "Invalid input received: \(reason)", kwargs: ["reason": .string(reason)])
+    }
+
+    /// nova's claim refusal: "Insufficient compute resources: Free vcpu 3.00 VCPU < requested 4 VCPU."
+    public static func insufficient(_ reason: String) -> ComputeError {
+        ComputeError(code: .resourcesUnavailable, message: "Insufficient compute resources: \(reason).",
+                     kwargs: ["reason": .string(reason)])
+    }
+
+    public static func locked(_ uuid: String) -> ComputeError {
+        ComputeError(code: .locked, message: "Instance \(uuid) is locked", kwargs: ["instance_uuid": .string(uuid)])
     }
 }

@@ -1,4 +1,5 @@
 import AgentSupport
+import InstanceStore
 import Logging
 import Messaging
 import PluginHost
@@ -7,283 +8,355 @@ import PluginHost
 import Glibc
 #endif
 
-/// The compute manager: the agent's RPC API (version 1.0), the instance lifecycle and the
-/// host's capabilities. It owns the instance records and enforces the state table
-/// (`InstanceAction`); plugins only carry out what it has decided.
+/// The compute manager: the agent's RPC API, the instance lifecycle, the resource
+/// tracker and the host's capabilities. It owns the instance records and enforces the
+/// state table (`InstanceAction`); plugins only carry out what it has decided.
 ///
-/// Actions on one instance cannot interleave: an action sets the instance's task_state
-/// before its first plugin call, and any other action (except terminate) is refused while
-/// a task_state is set, as nova does.
+/// Every state-changing action is journalled in the instance store before it starts
+/// (the record with its task_state and the operation, in one transaction) and again when
+/// it ends, so that after a crash `recover()` knows exactly what was in flight. Actions on
+/// one instance hold that instance's lock (`KeyedFIFOLock`) for their whole run.
 public actor ComputeManager {
-    public static let apiVersion = "1.0"
-    public static let agentVersion = "0.1.0"
+    public static let apiVersion = "1.1"
+    public static let agentVersion = "0.2.0"
 
-    let host: String
-    let statePath: String
+    public struct Settings: Sendable {
+        public var host: String
+        public var statePath: String
+        public var resources = ResourceTracker.Settings()
+        public var maxConcurrentBuilds = 10
+        /// How long a soft reboot may take before the agent reboots hard (nova's
+        /// `wait_soft_reboot_seconds`).
+        public var softRebootTimeout = 120.0
+        /// How many times an operation interrupted by restarts is retried before the
+        /// instance goes to ERROR.
+        public var maxOperationAttempts = 3
+        /// Finished operations kept for redelivery detection.
+        public var operationsKept = 10_000
+
+        public init(host: String, statePath: String) {
+            self.host = host
+            self.statePath = statePath
+        }
+    }
+
+    let settings: Settings
     let plugins: PluginSet
+    let store: InstanceStore
+    let notifier: InstanceNotifier
     let logger: Logger
     let startedAt = monotonicSeconds()
+    let locks = KeyedFIFOLock()
+    let builds: AsyncLimiter
+
     var instances: [String: InstanceRecord] = [:]
+    /// The unfinished operation of each instance, by instance uuid.
+    var openOperations: [String: StoredOperation] = [:]
+    var tracker: ResourceTracker
+    var lastAudit: ResourceAudit?
+    var lastHostInfo: JSONValue = .object([:])
+    var unmanagedDomains: [String: String] = [:]
 
-    public init(host: String, statePath: String, plugins: PluginSet, logger: Logger) {
-        self.host = host
-        self.statePath = statePath
+    public init(settings: Settings, plugins: PluginSet, store: InstanceStore, notifier: InstanceNotifier, logger: Logger) {
+        self.settings = settings
         self.plugins = plugins
+        self.store = store
+        self.notifier = notifier
         self.logger = logger
+        self.tracker = ResourceTracker(settings: settings.resources)
+        self.builds = AsyncLimiter(limit: settings.maxConcurrentBuilds)
     }
 
-    public var instancesPath: String { statePath + "/instances" }
+    public nonisolated var host: String { settings.host }
+    public var instancesPath: String { settings.statePath + "/instances" }
     public var uptime: Double { monotonicSeconds() - startedAt }
+    public var instanceCount: Int { instances.count }
 
-    // MARK: - Build
-
-    /// Builds and starts an instance: fetch image → plug VIFs → define and start. On any
-    /// failure it undoes what was done and leaves the instance in ERROR with the reason.
-    func build(_ args: [String: JSONValue]) async throws -> JSONValue {
-        let spec = try BuildRequest(args: args)
-        if let existing = instances[spec.uuid], existing.vmState != .deleted {
-            throw ComputeError(code: .exists, message: "Instance \(spec.uuid) already exists.", kwargs: ["name": .string(spec.uuid)])
-        }
-        var record = InstanceRecord(
-            uuid: spec.uuid, name: spec.name, vcpus: spec.vcpus, memoryMB: spec.memoryMB, rootGB: spec.rootGB,
-            imageRef: spec.imageRef, vifs: spec.vifs, vmState: .building, taskState: .spawning, powerState: .noState,
-            fault: nil, diskPath: "\(instancesPath)/\(spec.uuid)/disk")
-        instances[spec.uuid] = record
-        var log = logger
-        log[metadataKey: "instance_uuid"] = "\(spec.uuid)"
-        log.info("building instance", metadata: ["vcpus": "\(spec.vcpus)", "memory_mb": "\(spec.memoryMB)"])
-
-        var plugged: [JSONValue] = []
-        do {
-            if let ref = spec.imageRef {
-                var req: [String: JSONValue] = ["image_ref": .string(ref), "dest_path": .string(record.diskPath)]
-                if let c = spec.checksum { req["checksum"] = .string(c) }
-                if spec.rootGB > 0 { req["max_bytes"] = .int(Int64(spec.rootGB) << 30) }
-                _ = try await plugins.imageFetcher.fetch(.object(req))
-            }
-            for vif in spec.vifs {
-                try await plugins.network.plug(instance: record.pluginJSON, vif: vif)
-                plugged.append(vif)
-            }
-            // spawn cleans up its own half-defined domain when it fails.
-            try await plugins.hypervisor.spawn(instance: record.pluginJSON)
-            let power = (try? await plugins.hypervisor.info(uuid: spec.uuid))?["power_state"]?.intValue
-            record.powerState = power.flatMap(PowerState.init(rawValue:)) ?? .running
-            record.vmState = .active
-            record.taskState = nil
-            instances[spec.uuid] = record
-            log.info("instance is active", metadata: ["power_state": "\(record.powerState.name)"])
-            return record.rpcJSON
-        } catch {
-            let reason = "\(error)"
-            log.error("build failed, rolling back: \(reason)")
-            for vif in plugged.reversed() { try? await plugins.network.unplug(instance: record.pluginJSON, vif: vif) }
-            removeInstanceDirectory(spec.uuid)
-            record.vmState = .error
-            record.taskState = nil
-            record.powerState = .noState
-            record.fault = reason
-            instances[spec.uuid] = record
-            throw ComputeError(code: .buildFailed, message: "Build of instance \(spec.uuid) aborted: \(reason)",
-                               kwargs: ["instance_uuid": .string(spec.uuid), "reason": .string(reason)])
-        }
+    func log(_ uuid: String) -> Logger {
+        var l = logger
+        l[metadataKey: "instance_uuid"] = "\(uuid)"
+        return l
     }
 
-    // MARK: - Actions on an existing instance
+    // MARK: - Accepting an action
 
-    /// Checks the state table, sets the task_state, runs the plugin operation and records
-    /// the outcome. A refused action changes nothing.
-    func perform(_ action: InstanceAction, uuid: String) async throws -> JSONValue {
-        guard var record = instances[uuid], record.vmState != .deleted else {
-            if action == .terminate {
-                // Idempotent: make sure nothing is left on the hypervisor, then succeed.
-                try? await plugins.hypervisor.destroy(uuid: uuid)
-                logger.info("terminate of an unknown instance: nothing to do", metadata: ["instance_uuid": "\(uuid)"])
-                return .object(["uuid": .string(uuid), "vm_state": .string(VMState.deleted.rawValue)])
-            }
-            throw ComputeError.notFound(uuid)
+    /// Runs a state-changing request: checks it, records it durably, acks the message,
+    /// carries it out and records the outcome. A message whose `_unique_id` is already in
+    /// the journal (a redelivery) is acked and not run again.
+    func execute(_ action: InstanceAction, uuid: String, args: [String: JSONValue], context: [String: JSONValue],
+                 uniqueID: String?, delivery: DeliveryAcknowledger) async throws -> JSONValue
+    {
+        if let id = uniqueID, let done = try await storeRead({ try await self.store.operation(id: id) }) {
+            log(uuid).warning("redelivered message for an operation already accepted: not run again",
+                              metadata: ["unique_id": "\(id)", "operation_state": "\(done.state.rawValue)"])
+            delivery.acknowledge()
+            if let r = done.result, done.state == .done { return r }
+            return instances[uuid]?.rpcJSON ?? .object(["uuid": .string(uuid), "vm_state": "deleted"])
         }
-        if let refusal = action.refusal(uuid: uuid, vmState: record.vmState, taskState: record.taskState) {
-            throw refusal
+        Failpoints.hit("rpc.before_record")
+        let opArgs: JSONValue = .object(["args": .object(args), "context": .object(context)])
+        // Checked before waiting for the lock, so bad input is refused at once.
+        if action == .build { _ = try BuildRequest(args: args) }
+        let ticket = locks.ticket(uuid)
+        await locks.acquire(ticket)
+        defer { locks.release(ticket) }
+
+        if let open = openOperations[uuid], open.method == action.rawValue, open.args == opArgs {
+            log(uuid).warning("the same action is already in progress for this instance: not run twice",
+                              metadata: ["operation": "\(open.id)"])
+            delivery.acknowledge()
+            return instances[uuid]?.rpcJSON ?? .null
         }
-        record.taskState = action.taskState
+        if action == .build { await ensureTotals() }
+        let isAdmin = context["is_admin"]?.boolValue == true
+        guard var record = try admit(action, uuid: uuid, args: args, context: context, isAdmin: isAdmin) else {
+            return try await terminateUnknown(uuid)
+        }
+        let op = StoredOperation(id: uniqueID ?? randomUUID(), instanceUUID: uuid, method: action.rawValue, args: opArgs,
+                                 state: .running, step: "accepted", attempts: 1)
+        let before = instances[uuid]
+        if action.taskState != nil { record.taskState = action.taskState }
         instances[uuid] = record
         do {
-            try await run(action, record)
-        } catch let e as PluginError where action == .terminate && e.code == .notFound {
-            // The domain is already gone: terminate still succeeds.
+            try await store.write([.putInstance(uuid: uuid, body: record.storeJSON), .putOperation(op)])
         } catch {
-            // The action failed: the instance keeps its vm_state, the task is cleared,
-            // and the caller hears why.
-            if var r = instances[uuid] {
-                r.taskState = nil
-                r.fault = "\(error)"
-                if let p = (try? await plugins.hypervisor.info(uuid: uuid))?["power_state"]?.intValue.flatMap(PowerState.init(rawValue:)) {
-                    r.powerState = p
-                }
-                instances[uuid] = r
+            instances[uuid] = before
+            log(uuid).error("could not record the action, refusing it: \(error)")
+            throw ComputeError(code: .storeFailure, message: "the agent could not record the action: \(error)", kwargs: [:])
+        }
+        openOperations[uuid] = op
+        Failpoints.hit("rpc.after_record")
+        delivery.acknowledge()
+        return try await run(action, op: op, resuming: false)
+    }
+
+    /// The state-table, lock and resource checks; returns the record to start from, or nil
+    /// for a terminate of an instance the agent does not have.
+    private func admit(_ action: InstanceAction, uuid: String, args: [String: JSONValue], context: [String: JSONValue],
+                       isAdmin: Bool) throws -> InstanceRecord?
+    {
+        if action == .build {
+            let spec = try BuildRequest(args: args)
+            if let existing = instances[uuid], existing.vmState != .deleted {
+                throw ComputeError(code: .exists, message: "Instance \(uuid) already exists.", kwargs: ["name": .string(uuid)])
             }
-            throw ComputeError(code: (error as? PluginError)?.code == .notSupported ? .notSupported : .hypervisorFailure,
-                               message: "\(action.rpcMethod) of instance \(uuid) failed: \(error)",
+            try tracker.check(spec.flavor, used: ResourceTracker.usage(of: instances.values))
+            var r = InstanceRecord(uuid: uuid, name: spec.name, flavor: spec.flavor, imageRef: spec.imageRef,
+                                   imageChecksum: spec.checksum, vifs: spec.vifs, vmState: .building, taskState: .spawning,
+                                   powerState: .noState, diskPath: "\(instancesPath)/\(uuid)/disk")
+            r.projectID = context["project_id"]?.stringValue ?? context["tenant"]?.stringValue
+            r.userID = context["user_id"]?.stringValue ?? context["user"]?.stringValue
+            return r
+        }
+        guard let record = instances[uuid], record.vmState != .deleted else {
+            if action == .terminate { return nil }
+            throw ComputeError.notFound(uuid)
+        }
+        if let refusal = action.refusal(uuid: uuid, vmState: record.vmState, taskState: record.taskState) { throw refusal }
+        if action.checksLock, record.locked, !isAdmin { throw ComputeError.locked(uuid) }
+        if action == .unlock, record.lockedBy == "admin", !isAdmin {
+            throw ComputeError(code: .locked, message: "Instance \(uuid) is locked by an administrator; only an administrator can unlock it",
                                kwargs: ["instance_uuid": .string(uuid)])
         }
-        record.taskState = nil
-        record.vmState = action.resultingState
-        record.fault = nil
-        if action == .terminate {
-            for vif in record.vifs { try? await plugins.network.unplug(instance: record.pluginJSON, vif: vif) }
-            removeInstanceDirectory(uuid)
-            record.powerState = .noState
-            instances[uuid] = nil
-        } else {
-            let p = (try? await plugins.hypervisor.info(uuid: uuid))?["power_state"]?.intValue.flatMap(PowerState.init(rawValue:))
-            record.powerState = p ?? record.powerState
-            instances[uuid] = record
+        if action == .resize {
+            let new = try ResizeRequest(args: args).flavor
+            if new.rootGB < record.flavor.rootGB {
+                throw ComputeError(code: .resizeError, message: "Resize error: Unable to resize disk down.",
+                                   kwargs: ["reason": "Unable to resize disk down."])
+            }
+            // The new flavor is claimed while the old one stays held (same-host resize).
+            try tracker.check(new, used: ResourceTracker.usage(of: instances.values))
         }
-        logger.info("instance is \(record.vmState.rawValue)", metadata: [
-            "instance_uuid": "\(uuid)", "action": "\(action.rpcMethod)", "power_state": "\(record.powerState.name)",
-        ])
-        return record.rpcJSON
+        return record
     }
 
-    private func run(_ action: InstanceAction, _ record: InstanceRecord) async throws {
-        let h = plugins.hypervisor
+    /// Terminate of an instance the agent has no record of: make sure the hypervisor has
+    /// nothing under that uuid, then succeed (terminate is idempotent).
+    private func terminateUnknown(_ uuid: String) async throws -> JSONValue {
+        do {
+            try await plugins.hypervisor.destroy(uuid: uuid)
+            log(uuid).warning("terminate of an instance without a record: destroyed its domain")
+            unmanagedDomains[uuid] = nil
+        } catch {
+            if error.code != .notFound { throw error }
+            log(uuid).info("terminate of an unknown instance: nothing to do")
+        }
+        return .object(["uuid": .string(uuid), "vm_state": .string(VMState.deleted.rawValue)])
+    }
+
+    // MARK: - Running an accepted operation
+
+    /// Carries out `op` (fresh, or resumed after a restart) and records its outcome.
+    func run(_ action: InstanceAction, op: StoredOperation, resuming: Bool) async throws -> JSONValue {
+        var op = op
+        let uuid = op.instanceUUID
+        let args = op.args["args"]?.objectValue ?? [:]
+        let context = op.args["context"]?.objectValue ?? [:]
+        if let r = instances[uuid] { notify(action, "start", r) }
+        if action == .build {
+            await builds.acquire()
+        }
+        defer { if action == .build { builds.release() } }
+        do {
+            let result = try await carryOut(action, uuid: uuid, args: args, context: context, op: &op, resuming: resuming)
+            op.state = .done
+            op.result = result
+            let record = instances[uuid]
+            var changes: [InstanceStore.Change] = [.putOperation(op)]
+            if let record, record.vmState != .deleted {
+                changes.append(.putInstance(uuid: uuid, body: record.storeJSON))
+            } else {
+                changes.append(.deleteInstance(uuid: uuid))
+                instances[uuid] = nil
+            }
+            openOperations[uuid] = nil
+            await persist(changes, uuid: uuid)
+            if let record { notify(action, "end", record) }
+            return result
+        } catch {
+            let failure = await recordFailure(action, uuid: uuid, error: error)
+            op.state = .failed
+            op.result = .object(["error": .string(failure.code.rawValue), "message": .string(failure.message)])
+            openOperations[uuid] = nil
+            var changes: [InstanceStore.Change] = [.putOperation(op)]
+            if let r = instances[uuid] { changes.append(.putInstance(uuid: uuid, body: r.storeJSON)) }
+            await persist(changes, uuid: uuid)
+            if let r = instances[uuid] { notify(action, "error", r, message: failure.message) }
+            throw failure
+        }
+    }
+
+    /// Writes a completed step; a store failure here is logged loudly (the action has
+    /// happened on the hypervisor; the next start-up reconciles the record).
+    func persist(_ changes: [InstanceStore.Change], uuid: String) async {
+        do { try await store.write(changes) } catch {
+            log(uuid).critical("could not record the outcome in the instance store: \(error)")
+        }
+    }
+
+    /// Records how far an operation got.
+    func step(_ op: inout StoredOperation, _ name: String, task: TaskState? = nil) async {
+        op.step = name
+        var changes: [InstanceStore.Change] = [.putOperation(op)]
+        if let task, var r = instances[op.instanceUUID] {
+            r.taskState = task
+            instances[op.instanceUUID] = r
+            changes.append(.putInstance(uuid: r.uuid, body: r.storeJSON))
+        }
+        await persist(changes, uuid: op.instanceUUID)
+    }
+
+    /// After a failed action: roll back what applies, clear the task, keep the reason.
+    private func recordFailure(_ action: InstanceAction, uuid: String, error: Error) async -> ComputeError {
+        let reason = "\(error)"
+        let l = log(uuid)
+        guard var r = instances[uuid] else {
+            return error as? ComputeError ?? ComputeError(code: .hypervisorFailure, message: reason, kwargs: [:])
+        }
         switch action {
-        case .stop: try await h.perform(.powerOff, uuid: record.uuid)
-        case .start: try await h.perform(.powerOn, uuid: record.uuid)
-        case .softReboot: try await h.reboot(uuid: record.uuid, hard: false)
-        case .hardReboot: try await h.reboot(uuid: record.uuid, hard: true)
-        case .pause: try await h.perform(.pause, uuid: record.uuid)
-        case .unpause: try await h.perform(.unpause, uuid: record.uuid)
-        case .suspend: try await h.perform(.suspend, uuid: record.uuid)
-        case .resume: try await h.perform(.resume, uuid: record.uuid)
-        case .terminate: try await h.destroy(uuid: record.uuid)
+        case .build:
+            l.error("build failed, rolling back: \(reason)")
+            await rollbackBuild(r)
+            r.vmState = .error
+            r.powerState = .noState
+            r.holdsResources = false
+            r.fault = reason
+            r.taskState = nil
+            instances[uuid] = r
+            return ComputeError(code: .buildFailed, message: "Build of instance \(uuid) aborted: \(reason)",
+                                kwargs: ["instance_uuid": .string(uuid), "reason": .string(reason)])
+        case .resize:
+            if let old = r.oldFlavor {
+                r.flavor = old
+                r.oldFlavor = nil
+            }
+        case .rebuild:
+            // The old domain is gone and the new one did not start: nova leaves it in ERROR.
+            r.vmState = .error
+        default: break
+        }
+        r.taskState = nil
+        let pluginCode = (error as? PluginError)?.code
+        if pluginCode != .notSupported { r.fault = reason }
+        if let p = await currentPower(uuid) { r.powerState = p }
+        instances[uuid] = r
+        l.warning("\(action.rpcMethod) failed: \(reason)")
+        if let c = error as? ComputeError { return c }
+        return ComputeError(code: pluginCode == .notSupported ? .notSupported : .hypervisorFailure,
+                            message: "\(action.rpcMethod) of instance \(uuid) failed: \(reason)",
+                            kwargs: ["instance_uuid": .string(uuid)])
+    }
+
+    /// Undoes a build: the domain, the VIFs, the disk. Every step is idempotent.
+    func rollbackBuild(_ r: InstanceRecord) async {
+        do { try await plugins.hypervisor.destroy(uuid: r.uuid) } catch {
+            if error.code != .notFound { log(r.uuid).error("rollback: could not destroy the domain: \(error)") }
+        }
+        for vif in r.vifs.reversed() {
+            do { try await plugins.network.unplug(instance: r.pluginJSON, vif: vif) } catch {
+                log(r.uuid).error("rollback: could not unplug a VIF: \(error)")
+            }
+        }
+        await removeInstanceDirectory(r.uuid)
+    }
+
+    /// The hypervisor's power state of one instance; nil if it cannot tell.
+    func currentPower(_ uuid: String) async -> PowerState? {
+        do {
+            return try await plugins.hypervisor.info(uuid: uuid)["power_state"]?.intValue.flatMap(PowerState.init(rawValue:))
+        } catch { return error.code == .notFound ? .noState : nil }
+    }
+
+    func notify(_ action: InstanceAction, _ phase: String, _ r: InstanceRecord, message: String? = nil) {
+        notifier.emit(priority: phase == "error" ? "error" : "info",
+                      eventType: "compute.instance.\(action.notificationEvent).\(phase)",
+                      payload: r.notificationPayload(host: host, message: message))
+    }
+
+    // MARK: - Files (on the blocking executor, never on the cooperative pool)
+
+    func instanceDirectory(_ uuid: String) -> String { "\(instancesPath)/\(uuid)" }
+
+    func makeInstanceDirectory(_ uuid: String) async throws {
+        let dir = instanceDirectory(uuid)
+        let rc = try await plugins.executor.run(timeout: 30) { () -> Int32 in
+            mkdir(dir, 0o750) == 0 || errno == EEXIST ? 0 : errno
+        }
+        if rc != 0 { throw ComputeError(code: .hypervisorFailure, message: "cannot create \(dir): \(String(cString: strerror(rc)))", kwargs: [:]) }
+    }
+
+    func removeInstanceDirectory(_ uuid: String) async {
+        let dir = instanceDirectory(uuid)
+        _ = try? await plugins.executor.run(timeout: 30) {
+            if let d = opendir(dir) {
+                while let e = readdir(d) {
+                    let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+                    if name != "." && name != ".." { unlink("\(dir)/\(name)") }
+                }
+                closedir(d)
+            }
+            rmdir(dir)
         }
     }
 
-    private func removeInstanceDirectory(_ uuid: String) {
-        let dir = "\(instancesPath)/\(uuid)"
-        for name in ["disk", "disk.part"] { unlink("\(dir)/\(name)") }
-        rmdir(dir)
-    }
-
-    // MARK: - Reads
-
-    func instanceInfo(_ uuid: String) async throws -> JSONValue {
-        guard let before = instances[uuid] else { throw ComputeError.notFound(uuid) }
-        if before.taskState == nil, before.vmState != .building,
-           let p = (try? await plugins.hypervisor.info(uuid: uuid))?["power_state"]?.intValue.flatMap(PowerState.init(rawValue:)),
-           instances[uuid]?.taskState == nil
-        {
-            instances[uuid]?.powerState = p
-        }
-        // Read again: another action may have run while the hypervisor answered.
-        guard let record = instances[uuid] else { throw ComputeError.notFound(uuid) }
-        return record.rpcJSON
-    }
-
-    func listInstances() -> JSONValue {
-        .array(instances.values.sorted { $0.uuid < $1.uuid }.map(\.rpcJSON))
-    }
-
-    /// The capabilities fanned out to the scheduler and returned by get_host_capabilities.
-    public func capabilities() async throws -> JSONValue {
-        let hv = try await plugins.hypervisor.hostInfo()
-        let live = instances.values.filter { $0.vmState != .deleted }
-        let vcpusUsed = live.reduce(0) { $0 + $1.vcpus }
-        let memUsed = live.reduce(0) { $0 + $1.memoryMB }
-        let diskUsed = live.reduce(0) { $0 + $1.rootGB }
-        let memTotal = hv["memory_mb"]?.intValue ?? 0
-        let (diskTotal, diskFree) = diskGB()
-        let domainType = hv["domain_type"]?.stringValue ?? "kvm"
-        return .object([
-            "host": .string(host),
-            "hypervisor_type": hv["hypervisor_type"] ?? .null,
-            "hypervisor_version": hv["hypervisor_version"] ?? .null,
-            "hypervisor_hostname": hv["hypervisor_hostname"] ?? .string(host),
-            "cpu_info": hv["cpu_info"] ?? .object([:]),
-            "vcpus": .int(Int64(hv["vcpus"]?.intValue ?? 0)),
-            "vcpus_used": .int(Int64(vcpusUsed)),
-            "memory_mb": .int(Int64(memTotal)),
-            "memory_mb_used": .int(Int64(memUsed)),
-            "memory_mb_free": .int(Int64(max(0, memTotal - memUsed))),
-            "local_gb": .int(Int64(diskTotal)),
-            "local_gb_used": .int(Int64(diskUsed)),
-            "local_gb_free": .int(Int64(min(diskFree, max(0, diskTotal - diskUsed)))),
-            "num_instances": .int(Int64(live.count)),
-            "supported_instances": .array([.array(["x86_64", .string(domainType), "hvm"])]),
-            "plugins": .array(plugins.infos.map {
-                .object(["kind": .string($0.kind.rawValue), "name": .string($0.name), "version": .string($0.version)])
-            }),
-            "agent_version": .string(Self.agentVersion),
-        ])
+    func removeFile(_ path: String) async {
+        _ = try? await plugins.executor.run(timeout: 30) { unlink(path) }
     }
 
     /// Total and free GiB of the file system that holds the instances.
-    private func diskGB() -> (Int, Int) {
-        var s = statvfs()
-        let path = access(instancesPath, F_OK) == 0 ? instancesPath : statePath
-        guard statvfs(path, &s) == 0 else { return (0, 0) }
-        let total = Int(UInt64(s.f_blocks) * UInt64(s.f_frsize) >> 30)
-        let free = Int(UInt64(s.f_bavail) * UInt64(s.f_frsize) >> 30)
-        return (total, free)
-    }
-}
-
-/// The arguments of build_and_run_instance, checked before anything is created.
-///
-/// Accepted: `instance` = {uuid, name (or display_name), vcpus, memory_mb, root_gb,
-/// image_ref, image_checksum, vifs}; flavor figures may instead come in `flavor` =
-/// {vcpus, memory_mb, root_gb}, and `image_ref` at top level.
-struct BuildRequest {
-    var uuid: String
-    var name: String
-    var vcpus: Int
-    var memoryMB: Int
-    var rootGB: Int
-    var imageRef: String?
-    var checksum: String?
-    var vifs: [JSONValue]
-
-    init(args: [String: JSONValue]) throws(ComputeError) {
-        guard let instance = args["instance"] else { throw .invalidInput("build_and_run_instance needs an 'instance' argument") }
-        guard case .object(let i) = instance else { throw .invalidInput("'instance' must be an object, got \(instance.typeName)") }
-        let flavor = args["flavor"]?.objectValue ?? i["flavor"]?.objectValue ?? [:]
-        func int(_ key: String, min: Int) throws(ComputeError) -> Int {
-            guard let v = i[key] ?? flavor[key] else { throw .invalidInput("instance has no '\(key)'") }
-            guard let n = v.intValue else { throw .invalidInput("'\(key)' must be an integer, got \(v.typeName)") }
-            guard n >= min else { throw .invalidInput("'\(key)' must be at least \(min), got \(n)") }
-            return n
-        }
-        guard let u = i["uuid"] else { throw .invalidInput("instance has no 'uuid'") }
-        guard let uuid = u.stringValue, Self.isUUID(uuid) else { throw .invalidInput("'uuid' must be a UUID string, got \(u.serialized())") }
-        self.uuid = uuid.lowercased()
-        name = i["name"]?.stringValue ?? i["display_name"]?.stringValue ?? "instance-\(uuid.prefix(8))"
-        vcpus = try int("vcpus", min: 1)
-        memoryMB = try int("memory_mb", min: 1)
-        rootGB = (i["root_gb"] ?? flavor["root_gb"]) == nil ? 0 : try int("root_gb", min: 0)
-        let ref = i["image_ref"] ?? args["image_ref"]
-        if let ref, !ref.isNull {
-            guard let s = ref.stringValue else { throw .invalidInput("'image_ref' must be a string, got \(ref.typeName)") }
-            imageRef = s.isEmpty ? nil : s
-        }
-        checksum = i["image_checksum"]?.stringValue
-        switch i["vifs"] ?? args["network_info"] {
-        case nil, .null?: vifs = []
-        case .array(let a)?: vifs = a
-        case let other?: throw .invalidInput("'vifs' must be a list, got \(other.typeName)")
-        }
+    func diskGB() async -> (Int, Int) {
+        let path = instancesPath, fallback = settings.statePath
+        return (try? await plugins.executor.run(timeout: 30) { () -> (Int, Int) in
+            var s = statvfs()
+            let p = access(path, F_OK) == 0 ? path : fallback
+            guard statvfs(p, &s) == 0 else { return (0, 0) }
+            return (Int((UInt64(s.f_blocks) * UInt64(s.f_frsize)) >> 30), Int((UInt64(s.f_bavail) * UInt64(s.f_frsize)) >> 30))
+        }) ?? (0, 0)
     }
 
-    static func isUUID(_ s: String) -> Bool {
-        let b = Array(s.utf8)
-        guard b.count == 36 else { return false }
-        for (i, c) in b.enumerated() {
-            if [8, 13, 18, 23].contains(i) { if c != UInt8(ascii: "-") { return false } } else {
-                let hex = (c >= 0x30 && c <= 0x39) || (c >= 0x61 && c <= 0x66) || (c >= 0x41 && c <= 0x46)
-                if !hex { return false }
-            }
+    private func storeRead<T: Sendable>(_ body: () async throws -> T) async throws -> T {
+        do { return try await body() } catch {
+            throw ComputeError(code: .storeFailure, message: "the agent could not read its instance store: \(error)", kwargs: [:])
         }
-        return true
     }
 }

@@ -12,15 +12,28 @@ import Synchronization
 ///   cast `update_service_capabilities(service_name="compute", host, capabilities)` to
 ///   the `scheduler` topic (exchange `scheduler_fanout`).
 ///
+/// - `update_available_resource` every `update_resources_interval`: the resource audit;
+/// - `sync_power_states` every `sync_power_state_interval`: one hypervisor list call and
+///   nova's power-state rules;
+/// - `reclaim_queued_deletes` every `periodic_interval` when `reclaim_instance_interval`
+///   is set: terminates instances soft-deleted longer ago than that.
+///
 /// They publish through their own AMQP connection (`notifier`), so they never queue
 /// behind RPC traffic, and each runs on its own deadline schedule.
 public final class PeriodicTasks: Sendable {
     public struct Intervals: Sendable {
         public var report: Double
         public var capabilities: Double
-        public init(report: Double, capabilities: Double) {
+        public var resources: Double
+        public var powerSync: Double
+        /// 0: no reclaim.
+        public var reclaim: Double
+        public init(report: Double, capabilities: Double, resources: Double = 60, powerSync: Double = 600, reclaim: Double = 0) {
             self.report = report
             self.capabilities = capabilities
+            self.resources = resources
+            self.powerSync = powerSync
+            self.reclaim = reclaim
         }
     }
 
@@ -61,6 +74,31 @@ public final class PeriodicTasks: Sendable {
                     initialDelay: 0,
                     record: { d in self.logger.debug("update_capabilities took \(Int(d * 1000)) ms") }
                 ) { await self.updateCapabilities() }
+            }
+            let resources = PeriodicSchedule(interval: intervals.withLock { $0.resources })
+            group.addTask {
+                await runPeriodically(
+                    schedule: { PeriodicSchedule(interval: self.intervals.withLock { $0.resources }) },
+                    initialDelay: resources.initialDelay(cap: 60),
+                    record: { d in self.logger.debug("update_available_resource took \(Int(d * 1000)) ms") }
+                ) { await self.manager.updateAvailableResource() }
+            }
+            let sync = PeriodicSchedule(interval: intervals.withLock { $0.powerSync })
+            group.addTask {
+                await runPeriodically(
+                    schedule: { PeriodicSchedule(interval: self.intervals.withLock { $0.powerSync }) },
+                    initialDelay: sync.initialDelay(cap: 60),
+                    record: { d in self.logger.debug("sync_power_states took \(Int(d * 1000)) ms") }
+                ) { await self.manager.syncPowerStates() }
+            }
+            group.addTask {
+                await runPeriodically(
+                    schedule: { PeriodicSchedule(interval: self.intervals.withLock { $0.capabilities }) },
+                    initialDelay: 1
+                ) {
+                    let after = self.intervals.withLock { $0.reclaim }
+                    if after > 0 { await self.manager.reclaimQueuedDeletes(olderThan: after) }
+                }
             }
         }
     }

@@ -1,5 +1,6 @@
 import AgentSupport
 import Compute
+import InstanceStore
 import Logging
 import Messaging
 import PluginHost
@@ -45,7 +46,7 @@ while let a = argv.popFirst() {
         guard let p = argv.popFirst() else { fail(2, "--config-file needs a path\n\(usage)") }
         configPath = p
     case "--debug": forceDebug = true
-    case "--version": print("compute-agent \(ComputeManager.agentVersion) (RPC API \(ComputeManager.apiVersion), plugin ABI 1)"); exit(0)
+    case "--version": print("compute-agent \(ComputeManager.agentVersion) (RPC API \(ComputeManager.apiVersion), plugin ABI 1.1)"); exit(0)
     case "--help", "-h": print(usage); exit(0)
     default: fail(2, "unknown argument '\(a)'\n\(usage)")
     }
@@ -74,19 +75,47 @@ for dir in [config.statePath, config.statePath + "/instances"] {
     }
 }
 
+// Plugin events (libvirt lifecycle events) reach the manager through this stream once it exists.
+let (pluginEvents, pluginEventSink) = AsyncStream<(String, JSONValue)>.makeStream(bufferingPolicy: .bufferingNewest(10_000))
 let plugins: PluginSet
 do {
-    let log = logger
     plugins = try PluginSet.load(configuration: config, logger: logger) { plugin, event in
-        let logger = log
-        logger.info("plugin event", metadata: ["plugin": "\(plugin)", "event": "\(event.serialized())"])
+        pluginEventSink.yield((plugin, event))
     }
 } catch {
     logger.critical("refusing to start: \(error)")
     fail(1, "\(error)")
 }
 
-let manager = ComputeManager(host: config.host, statePath: config.statePath, plugins: plugins, logger: logger)
+let store: InstanceStore
+do { store = try InstanceStore(path: config.statePath + "/compute-agent.sqlite") } catch {
+    logger.critical("refusing to start: \(error)")
+    fail(1, "\(error)")
+}
+
+var settings = ComputeManager.Settings(host: config.host, statePath: config.statePath)
+settings.resources.cpuAllocationRatio = config.cpuAllocationRatio
+settings.resources.ramAllocationRatio = config.ramAllocationRatio
+settings.resources.diskAllocationRatio = config.diskAllocationRatio
+settings.resources.reservedHostMemoryMB = config.reservedHostMemoryMB
+settings.resources.reservedHostDiskMB = config.reservedHostDiskMB
+settings.maxConcurrentBuilds = config.maxConcurrentBuilds
+settings.softRebootTimeout = config.softRebootTimeout
+let instanceNotifier = InstanceNotifier(driver: InstanceNotifier.Driver(rawValue: config.notificationDriver) ?? .noop,
+                                        host: config.host, topic: config.notificationTopic, logger: logger)
+let manager = ComputeManager(settings: settings, plugins: plugins, store: store, notifier: instanceNotifier, logger: logger)
+do { try await manager.recover() } catch {
+    logger.critical("refusing to start: cannot read the instance store: \(error)")
+    fail(1, "cannot read the instance store: \(error)")
+}
+Task {
+    for await (plugin, event) in pluginEvents {
+        logger.debug("plugin event", metadata: ["plugin": "\(plugin)", "event": "\(event.serialized())"])
+        if event["event"]?.stringValue == "lifecycle", let uuid = event["uuid"]?.stringValue {
+            await manager.handleLifecycleEvent(uuid: uuid)
+        }
+    }
+}
 
 func connectionLogger(_ lane: String) -> @Sendable (AMQPWorker.Event) -> Void {
     let logger = logger
@@ -118,7 +147,10 @@ notifierOptions.heartbeat = config.heartbeatTimeoutThreshold
 let notifier = RPCClient(options: notifierOptions, onConnectionEvent: connectionLogger("notify"))
 let periodic = PeriodicTasks(
     manager: manager, notifier: notifier, host: config.host,
-    intervals: .init(report: config.reportInterval, capabilities: config.periodicInterval), logger: logger)
+    intervals: .init(report: config.reportInterval, capabilities: config.periodicInterval,
+                     resources: config.updateResourcesInterval, powerSync: config.syncPowerStateInterval,
+                     reclaim: config.reclaimInstanceInterval),
+    logger: logger)
 
 /// The RPC server as a service: consumes until graceful shutdown.
 struct RPCService: Service {
@@ -138,14 +170,21 @@ struct RPCService: Service {
     }
 }
 
-/// Heartbeats and capability updates, on their own connection.
+/// Heartbeats, capability updates, the audits and the instance notifications, on their
+/// own connection.
 struct PeriodicService: Service {
     let periodic: PeriodicTasks
     let notifier: RPCClient
+    let instanceNotifier: InstanceNotifier
 
     func run() async throws {
         await notifier.start()
-        await cancelWhenGracefulShutdown { await periodic.run() }
+        await cancelWhenGracefulShutdown {
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask { await periodic.run() }
+                group.addTask { await instanceNotifier.run(client: notifier) }
+            }
+        }
         await notifier.stop()
     }
 }
@@ -158,7 +197,7 @@ logger.info("compute-agent starting", metadata: [
 let group = ServiceGroup(configuration: .init(
     services: [
         .init(service: RPCService(server: server, logger: logger, url: url, host: config.host)),
-        .init(service: PeriodicService(periodic: periodic, notifier: notifier)),
+        .init(service: PeriodicService(periodic: periodic, notifier: notifier, instanceNotifier: instanceNotifier)),
     ],
     gracefulShutdownSignals: [.sigterm, .sigint],
     logger: logger))

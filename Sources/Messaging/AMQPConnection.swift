@@ -35,6 +35,7 @@ public final class AMQPConnection {
     let channel: amqp_channel_t = 1
     private var open = false
     private var declaredExchanges: Set<String> = []
+    private var declaredQueues: Set<String> = []
     /// The first error this connection hit. In AMQP a failed declare or publish closes the
     /// channel, so after any error the connection is replaced by a new one.
     private(set) var lastError: AMQPError?
@@ -139,6 +140,16 @@ public final class AMQPConnection {
     public func ensureExchange(_ name: String, type: String, durable: Bool, autoDelete: Bool) throws(AMQPError) {
         if name.isEmpty || declaredExchanges.contains(name) { return }
         try declareExchange(name, type: type, durable: durable, autoDelete: autoDelete)
+    }
+
+    /// Declares `queue` and binds it to `exchange` by its own name unless this connection
+    /// already did (oslo's notifier creates its default queue this way, so notifications
+    /// wait for a listener that starts later).
+    public func ensureBoundQueue(_ queue: String, exchange: String) throws(AMQPError) {
+        if declaredQueues.contains(queue) { return }
+        try declareQueue(queue, durable: false, autoDelete: false)
+        try bindQueue(queue, exchange: exchange, routingKey: queue)
+        declaredQueues.insert(queue)
     }
 
     func ack(_ tag: UInt64) throws(AMQPError) {

@@ -146,6 +146,29 @@ public final class RPCClient: Sendable {
         }
     }
 
+    /// Sends a notification the way oslo.messaging's `messagingv2` driver does: the 2.0
+    /// envelope around {message_id, publisher_id, event_type, priority, payload,
+    /// timestamp}, to `<topic>.<priority>` on the control exchange, whose queue of the
+    /// same name it declares first.
+    public func notify(topic: String = "notifications", priority: String, eventType: String, publisherID: String,
+                       payload: JSONValue, context: [String: JSONValue] = [:]) async throws(AMQPError)
+    {
+        var pairs: [(String, JSONValue)] = [
+            ("message_id", .string(randomUUID())), ("publisher_id", .string(publisherID)),
+            ("event_type", .string(eventType)), ("priority", .string(priority.uppercased())),
+            ("payload", payload), ("timestamp", .string(utcTimestamp())),
+            ("_unique_id", .string(randomHex())),
+        ]
+        for k in context.keys.sorted() { pairs.append(("_context_" + k, context[k]!)) }
+        let body = OsloMessage.envelope(inner: JSONValue.orderedObject(pairs))
+        let exchange = options.exchange, key = "\(topic).\(priority.lowercased())"
+        try await worker.perform { conn throws(AMQPError) in
+            try conn.ensureExchange(exchange, type: "topic", durable: false, autoDelete: false)
+            try conn.ensureBoundQueue(key, exchange: exchange)
+            try conn.publish(exchange: exchange, routingKey: key, body: body, mandatory: false, expiration: nil)
+        }
+    }
+
     private func publish(exchange: String, type: String, routingKey: String, body: [UInt8], expiration: String?) async throws(AMQPError) {
         try await worker.perform { conn throws(AMQPError) in
             try conn.ensureExchange(exchange, type: type, durable: false, autoDelete: type == "fanout")

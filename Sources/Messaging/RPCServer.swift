@@ -11,7 +11,35 @@ public protocol RPCEndpoint: Sendable {
     func supports(method: String) -> Bool
     /// Runs a request. A thrown `RemoteFailureConvertible` reaches the caller as that
     /// exception; any other error as a generic agent error with its description.
-    func handle(_ request: RPCRequest) async throws -> JSONValue
+    ///
+    /// `delivery.acknowledge()` lets the endpoint ack a cast as soon as it has durably
+    /// recorded it; otherwise the server acks a cast when the handler returns.
+    func handle(_ request: RPCRequest, delivery: DeliveryAcknowledger) async throws -> JSONValue
+    /// Requests with the same key are handled one at a time, in delivery order (the
+    /// instance uuid for actions on an instance); nil means no ordering.
+    func orderingKey(for request: RPCRequest) -> String?
+}
+
+extension RPCEndpoint {
+    public func orderingKey(for request: RPCRequest) -> String? { nil }
+}
+
+/// Acks one delivered message at most once (a no-op for calls, already acked on receipt).
+public final class DeliveryAcknowledger: Sendable {
+    private let action: Mutex<(@Sendable () -> Void)?>
+
+    public init(_ ack: @escaping @Sendable () -> Void) { action = Mutex(ack) }
+
+    /// An acknowledger that does nothing (calls, tests).
+    public static var none: DeliveryAcknowledger { DeliveryAcknowledger {} }
+
+    public func acknowledge() {
+        let a = action.withLock { a -> (@Sendable () -> Void)? in
+            defer { a = nil }
+            return a
+        }
+        a?()
+    }
 }
 
 /// Serves an oslo.messaging RPC target (`topic`, `server = host`) on the rabbit driver's
@@ -23,8 +51,9 @@ public protocol RPCEndpoint: Sendable {
 ///   `<topic>_fanout_<hex>` (`x-expires`), deleted on a clean stop.
 ///
 /// Acknowledgement: a call is acked when its handling starts (oslo's semantics toward the
-/// caller); a cast is acked once its handler has finished, so a crash mid-cast leaves it
-/// in the broker for redelivery. `basic.qos` bounds how many messages the broker pushes
+/// caller); a cast is acked when the endpoint says it has durably recorded it, or else
+/// once its handler has finished, so a crash before that leaves it in the broker for
+/// redelivery. Requests with the same ordering key run one at a time in delivery order. `basic.qos` bounds how many messages the broker pushes
 /// in, and the number of handlers running at once is bounded by the same figure.
 public final class RPCServer: Sendable {
     public struct Options: Sendable {
@@ -57,6 +86,7 @@ public final class RPCServer: Sendable {
     private let worker: AMQPWorker
     private let deliveries: AsyncStream<AMQPDelivery>
     private let recentIDs = Mutex(RecentIDs(capacity: 64))
+    private let ordering = KeyedFIFOLock()
 
     public init(options: Options, endpoint: RPCEndpoint, logger: Logger,
                 onConnectionEvent: @escaping @Sendable (AMQPWorker.Event) -> Void = { _ in })
@@ -127,7 +157,15 @@ public final class RPCServer: Sendable {
                     break
                 }
                 running += 1
-                group.addTask { await self.process(delivery) }
+                // Parse here, in delivery order, so that tickets for one key are taken in
+                // the order the messages arrived.
+                let parsed = Self.parse(delivery)
+                let ticket = (try? parsed.get()).flatMap { endpoint.orderingKey(for: $0) }.map { ordering.ticket($0) }
+                group.addTask {
+                    if let ticket { await self.ordering.acquire(ticket) }
+                    await self.process(delivery, parsed)
+                    if let ticket { self.ordering.release(ticket) }
+                }
             }
             await group.waitForAll()
         }
@@ -141,12 +179,18 @@ public final class RPCServer: Sendable {
 
     // MARK: - One message
 
-    private func process(_ delivery: AMQPDelivery) async {
+    private static func parse(_ delivery: AMQPDelivery) -> Result<RPCRequest, MalformedMessage> {
+        do throws(MalformedMessage) {
+            return .success(try OsloMessage.request(from: OsloMessage.unwrap(body: delivery.body)))
+        } catch { return .failure(error) }
+    }
+
+    private func process(_ delivery: AMQPDelivery, _ parsed: Result<RPCRequest, MalformedMessage>) async {
         let started = monotonicSeconds()
         let request: RPCRequest
-        do throws(MalformedMessage) {
-            request = try OsloMessage.request(from: OsloMessage.unwrap(body: delivery.body))
-        } catch {
+        switch parsed {
+        case .success(let r): request = r
+        case .failure(let error):
             // Nobody can be answered: log why and drop the message so it cannot loop.
             logger.error("dropped malformed message: \(error.reason)",
                          metadata: ["routing_key": "\(delivery.routingKey)", "bytes": "\(delivery.body.count)"])
@@ -163,6 +207,8 @@ public final class RPCServer: Sendable {
         if let uuid = Self.instanceUUID(request.args) { meta["instance_uuid"] = "\(uuid)" }
 
         if request.isCall { worker.ack(delivery) }
+        let worker = self.worker
+        let acknowledger = request.isCall ? DeliveryAcknowledger.none : DeliveryAcknowledger { worker.ack(delivery) }
         let monitor = startCallMonitor(request)
         let outcome: Result<JSONValue, RemoteFailure>
         let version = request.version ?? "1.0"
@@ -172,7 +218,7 @@ public final class RPCServer: Sendable {
             outcome = .failure(.noSuchMethod(request.method))
         } else {
             do {
-                outcome = .success(try await endpoint.handle(request))
+                outcome = .success(try await endpoint.handle(request, delivery: acknowledger))
             } catch let e as RemoteFailureConvertible {
                 outcome = .failure(e.remoteFailure)
             } catch {
@@ -195,7 +241,7 @@ public final class RPCServer: Sendable {
                 logger.error("could not send the reply: \(error)", metadata: meta)
             }
         } else {
-            worker.ack(delivery)
+            acknowledger.acknowledge()
         }
         meta["duration_ms"] = "\(Self.millis(monotonicSeconds() - started))"
         meta["kind"] = request.isCall ? "call" : "cast"

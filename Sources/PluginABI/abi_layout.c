@@ -13,4 +13,6 @@ _Static_assert(offsetof(ca_hypervisor_vtable, init) == 8, "vtable header layout"
 _Static_assert(offsetof(ca_hypervisor_vtable, resume) == 14 * 8, "hypervisor vtable 1.0");
 _Static_assert(offsetof(ca_network_vtable, unplug) == 4 * 8, "network vtable 1.0");
 _Static_assert(offsetof(ca_image_fetch_vtable, fetch) == 4 * 8, "image vtable 1.0");
+_Static_assert(offsetof(ca_hypervisor_vtable, rescue) == 15 * 8, "hypervisor vtable 1.1 appends");
+_Static_assert(offsetof(ca_image_fetch_vtable, upload) == 5 * 8, "image vtable 1.1 appends");
 _Static_assert(sizeof(ca_error) == CA_ERROR_MESSAGE_MAX, "error buffer");

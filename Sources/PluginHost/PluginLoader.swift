@@ -183,8 +183,9 @@ public struct PluginLoader: Sendable {
 
     static func minimumVTableSize(_ kind: PluginKind) -> Int {
         switch kind {
-        case .hypervisor: return MemoryLayout<ca_hypervisor_vtable>.size
-        case .imageFetch: return MemoryLayout<ca_image_fetch_vtable>.size
+        // ABI 1.0's sizes: the offset of the first field 1.1 appended.
+        case .hypervisor: return MemoryLayout<ca_hypervisor_vtable>.offset(of: \ca_hypervisor_vtable.rescue)!
+        case .imageFetch: return MemoryLayout<ca_image_fetch_vtable>.offset(of: \ca_image_fetch_vtable.upload)!
         case .network: return MemoryLayout<ca_network_vtable>.size
         }
     }

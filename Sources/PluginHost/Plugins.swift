@@ -17,8 +17,9 @@ struct PluginCaller: Sendable {
     typealias StatusCall = @Sendable (PluginHandle, UnsafeMutablePointer<ca_error>) -> ca_status
     typealias JSONCall = @Sendable (PluginHandle, UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>, UnsafeMutablePointer<ca_error>) -> ca_status
 
-    func call(_ operation: String, _ body: @escaping StatusCall) async throws(PluginError) {
+    func call(_ operation: String, timeout: Double? = nil, _ body: @escaping StatusCall) async throws(PluginError) {
         let handle = self.handle
+        let timeout = timeout ?? self.timeout
         let outcome: (ca_status, String)
         do {
             outcome = try await executor.run(timeout: timeout) {
@@ -119,9 +120,55 @@ public final class HypervisorPlugin: Sendable {
         try await caller.call(action.rawValue) { h, err in fn(h.state, uuid, err) }
     }
 
-    public func reboot(uuid: String, hard: Bool) async throws(PluginError) {
+    /// An optional function appended after ABI 1.0: nil when the plugin's vtable is too
+    /// short to hold it (built against an older minor) or the plugin left it NULL.
+    private func appended<F>(_ field: KeyPath<ca_hypervisor_vtable, F?>) -> F? {
+        guard let offset = MemoryLayout<ca_hypervisor_vtable>.offset(of: field),
+              caller.handle.vtableSize >= offset + MemoryLayout<F?>.size else { return nil }
+        return Self.vt(caller.handle)[keyPath: field]
+    }
+
+    /// Boots the instance from `rescue.rescue_disk_path` with its own disk attached.
+    public func rescue(instance: JSONValue, rescue: JSONValue) async throws(PluginError) {
+        guard let fn = appended(\.rescue) else { throw caller.unsupported("rescue") }
+        let i = instance.serialized(), r = rescue.serialized()
+        try await caller.call("rescue") { h, err in fn(h.state, i, r, err) }
+    }
+
+    public func unrescue(instance: JSONValue) async throws(PluginError) {
+        guard let fn = appended(\.unrescue) else { throw caller.unsupported("unrescue") }
+        let i = instance.serialized()
+        try await caller.call("unrescue") { h, err in fn(h.state, i, err) }
+    }
+
+    /// Copies the root disk to `destPath`; returns {"size", "disk_format"}.
+    public func snapshot(uuid: String, destPath: String) async throws(PluginError) -> JSONValue {
+        guard let fn = appended(\.snapshot) else { throw caller.unsupported("snapshot") }
+        return try await caller.callJSON("snapshot") { h, out, err in fn(h.state, uuid, destPath, out, err) }
+    }
+
+    /// Gives the domain the instance JSON's vcpus and memory_mb.
+    public func resize(instance: JSONValue) async throws(PluginError) {
+        guard let fn = appended(\.resize) else { throw caller.unsupported("resize") }
+        let i = instance.serialized()
+        try await caller.call("resize") { h, err in fn(h.state, i, err) }
+    }
+
+    public func consoleOutput(uuid: String) async throws(PluginError) -> JSONValue {
+        guard let fn = appended(\.get_console_output) else { throw caller.unsupported("get_console_output") }
+        return try await caller.callJSON("get_console_output") { h, out, err in fn(h.state, uuid, out, err) }
+    }
+
+    public func diagnostics(uuid: String) async throws(PluginError) -> JSONValue {
+        guard let fn = appended(\.get_diagnostics) else { throw caller.unsupported("get_diagnostics") }
+        return try await caller.callJSON("get_diagnostics") { h, out, err in fn(h.state, uuid, out, err) }
+    }
+
+    /// Reboots; `timeout` replaces plugin_call_timeout for this call (a soft reboot's
+    /// limit before the agent reboots hard).
+    public func reboot(uuid: String, hard: Bool, timeout: Double? = nil) async throws(PluginError) {
         guard let fn = Self.vt(caller.handle).reboot else { throw caller.unsupported("reboot") }
-        try await caller.call("reboot") { h, err in fn(h.state, uuid, hard ? 1 : 0, err) }
+        try await caller.call("reboot", timeout: timeout) { h, err in fn(h.state, uuid, hard ? 1 : 0, err) }
     }
 }
 
@@ -149,6 +196,20 @@ public final class ImageFetchPlugin: Sendable {
         return try await caller.callJSON("fetch") { h, out, err in
             h.vtable.assumingMemoryBound(to: ca_image_fetch_vtable.self).pointee.fetch!(h.state, json, out, err)
         }
+    }
+}
+
+extension ImageFetchPlugin {
+    /// Stores a snapshot file through the plugin's upload side (ABI 1.1); returns
+    /// {"image_ref", "size", "checksum"}.
+    public func upload(_ request: JSONValue) async throws(PluginError) -> JSONValue {
+        let field = \ca_image_fetch_vtable.upload
+        guard let offset = MemoryLayout<ca_image_fetch_vtable>.offset(of: field),
+              caller.handle.vtableSize >= offset + MemoryLayout<UnsafeRawPointer?>.size,
+              let fn = caller.handle.vtable.assumingMemoryBound(to: ca_image_fetch_vtable.self).pointee.upload
+        else { throw caller.unsupported("upload") }
+        let json = request.serialized()
+        return try await caller.callJSON("upload") { h, out, err in fn(h.state, json, out, err) }
     }
 }
 

@@ -53,7 +53,7 @@ import Testing
         let ok = try? BuildRequest(args: ["instance": ["uuid": "6F1C1A5E-8A4B-4C1E-9A53-0B0A8E8F0C11", "vcpus": 2, "memory_mb": 64],
                                           "flavor": ["root_gb": 1]])
         #expect(ok?.uuid == "6f1c1a5e-8a4b-4c1e-9a53-0b0a8e8f0c11")
-        #expect(ok?.rootGB == 1)
+        #expect(ok?.flavor.rootGB == 1)
     }
 }
 

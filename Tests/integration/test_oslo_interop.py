@@ -16,6 +16,7 @@ def test_ping_call(client, agent):
 
 
 def test_version_1_0_is_served_explicitly_too(client):
+    assert client.prepare(version="1.1").call({}, "ping")["pong"] is True
     assert client.prepare(version="1.0").call({}, "ping")["pong"] is True
 
 
@@ -32,7 +33,7 @@ def test_incompatible_version_raises_unsupported_version(client):
     assert e.value.exc_type == "UnsupportedVersion"
     assert "Endpoint does not support RPC version 2.0. Attempted method: ping" in e.value.value
     with pytest.raises(oslo_messaging.RemoteError) as e:
-        client.prepare(version="1.1").call({}, "ping")
+        client.prepare(version="1.2").call({}, "ping")
     assert e.value.exc_type == "UnsupportedVersion"
 
 

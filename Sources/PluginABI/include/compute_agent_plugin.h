@@ -35,7 +35,7 @@ extern "C" {
 #endif
 
 #define CA_PLUGIN_ABI_MAJOR 1
-#define CA_PLUGIN_ABI_MINOR 0
+#define CA_PLUGIN_ABI_MINOR 1
 #define COMPUTE_AGENT_PLUGIN_ENTRY "compute_agent_plugin_entry"
 #define CA_ERROR_MESSAGE_MAX 1024
 
@@ -112,6 +112,20 @@ typedef struct ca_host_api {
  * list_instances returns [{"uuid", "name", "power_state", "vcpus", "memory_mb"}...].
  * get_info returns {"uuid", "power_state", "vcpus", "memory_mb", "cpu_time_ns"}.
  * Any uuid that the hypervisor does not know: CA_ERR_NOT_FOUND.
+ *
+ * ABI 1.1 appends optional operations (the agent reads them only when the plugin's
+ * struct_size covers them; a 1.0 plugin simply does not support them):
+ *   rescue(instance_json, rescue_json): stop the instance and boot it from
+ *     rescue_json's "rescue_disk_path" with its own disk attached second; the domain
+ *     keeps the instance's uuid. unrescue(instance_json): back to the instance's own disk.
+ *   snapshot(uuid, dest_path): write a point-in-time copy of the root disk to dest_path;
+ *     returns {"size": <bytes>, "disk_format": "qcow2"|"raw"}. May pause the domain while
+ *     copying; must leave it in the power state it found.
+ *   resize(instance_json): give the domain the instance JSON's vcpus/memory_mb (the new
+ *     flavor); a running domain ends running, a stopped one stopped.
+ *   get_console_output(uuid): {"output": "<the console log's tail, at most 100 KiB>"}.
+ *   get_diagnostics(uuid): a JSON object of figures (nova's get_diagnostics keys where
+ *     they apply: "state", "driver", "cpu_time_ns", "memory_mb", "num_cpus", ...).
  */
 typedef struct ca_hypervisor_vtable {
   CA_PLUGIN_VTABLE_HEADER
@@ -129,6 +143,14 @@ typedef struct ca_hypervisor_vtable {
   ca_status (*unpause)(void *state, const char *uuid, ca_error *err);
   ca_status (*suspend)(void *state, const char *uuid, ca_error *err);
   ca_status (*resume)(void *state, const char *uuid, ca_error *err);
+  /* ABI 1.1, optional */
+  ca_status (*rescue)(void *state, const char *instance_json, const char *rescue_json, ca_error *err);
+  ca_status (*unrescue)(void *state, const char *instance_json, ca_error *err);
+  ca_status (*snapshot)(void *state, const char *uuid, const char *dest_path, char **out_json,
+                        ca_error *err);
+  ca_status (*resize)(void *state, const char *instance_json, ca_error *err);
+  ca_status (*get_console_output)(void *state, const char *uuid, char **out_json, ca_error *err);
+  ca_status (*get_diagnostics)(void *state, const char *uuid, char **out_json, ca_error *err);
 } ca_hypervisor_vtable;
 
 /*
@@ -138,12 +160,18 @@ typedef struct ca_hypervisor_vtable {
  * fetch writes the image to dest_path (creating or replacing it) and returns
  *   {"size": <bytes>, "checksum": "sha256:<hex>"}.
  * supports_ref returns 1 when the plugin can fetch that image reference, else 0.
+ *
+ * ABI 1.1, optional: upload stores a snapshot. Request JSON:
+ *   {"source_path": "...", "image_name": "...", "image_id": "<uuid>", "disk_format": "qcow2"}
+ * returns {"image_ref": "<a reference fetch accepts>", "size": <bytes>, "checksum": "sha256:<hex>"}.
  */
 typedef struct ca_image_fetch_vtable {
   CA_PLUGIN_VTABLE_HEADER
   /* required */
   int (*supports_ref)(void *state, const char *image_ref);
   ca_status (*fetch)(void *state, const char *request_json, char **out_json, ca_error *err);
+  /* ABI 1.1, optional */
+  ca_status (*upload)(void *state, const char *request_json, char **out_json, ca_error *err);
 } ca_image_fetch_vtable;
 
 /*

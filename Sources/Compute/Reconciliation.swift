@@ -1,0 +1,286 @@
+import AgentSupport
+import InstanceStore
+import Logging
+import PluginHost
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Keeping the records and the hypervisor in agreement: start-up recovery, the power
+/// state sync (periodic and event-driven), the resource audit and soft-delete reclaim.
+extension ComputeManager {
+    /// Loads the records, compares them with what the hypervisor runs (one list call) and
+    /// resumes every operation a crash interrupted. Returns once each resumed operation
+    /// holds its instance's lock, so RPC messages that arrive later queue behind it.
+    public func recover() async throws {
+        let docs = try await store.instances()
+        for doc in docs {
+            guard let r = InstanceRecord(stored: doc) else {
+                logger.error("instance store holds a record this agent cannot read; left untouched",
+                             metadata: ["record": "\(doc.serialized().prefix(200))"])
+                continue
+            }
+            instances[r.uuid] = r
+        }
+        let ops = try await store.openOperations()
+        let domains: [String: (power: PowerState, name: String)]?
+        do { domains = try await hypervisorDomains() } catch {
+            logger.error("cannot list the hypervisor's domains at start-up (\(error)); reconciliation waits for the next power-state sync")
+            domains = nil
+        }
+        await audit(domains: domains)
+        var resuming: Set<String> = []
+        for op in ops {
+            guard let action = InstanceAction(rawValue: op.method) else {
+                logger.error("journal holds an operation of unknown kind '\(op.method)'; marking it failed")
+                var failed = op
+                failed.state = .failed
+                await persist([.putOperation(failed)], uuid: op.instanceUUID)
+                continue
+            }
+            guard instances[op.instanceUUID] != nil, !resuming.contains(op.instanceUUID) else {
+                var done = op
+                done.state = .failed
+                done.result = .object(["message": "no instance record to resume it on"])
+                await persist([.putOperation(done)], uuid: op.instanceUUID)
+                continue
+            }
+            resuming.insert(op.instanceUUID)
+            openOperations[op.instanceUUID] = op
+            let ticket = locks.ticket(op.instanceUUID)
+            Task { await self.resume(action, op, ticket) }
+        }
+        if let domains {
+            for (uuid, d) in domains where instances[uuid] == nil {
+                unmanagedDomains[uuid] = d.name
+                logger.warning("the hypervisor runs a domain this agent does not manage; left untouched",
+                               metadata: ["domain_uuid": "\(uuid)", "domain_name": "\(d.name)"])
+            }
+            for uuid in instances.keys.sorted() where !resuming.contains(uuid) {
+                await reconcile(uuid, hypervisorPower: domains[uuid]?.power, reason: "at start-up")
+            }
+        }
+        logger.info("recovered instance records", metadata: [
+            "instances": "\(instances.count)", "resumed_operations": "\(resuming.count)",
+            "unmanaged_domains": "\(unmanagedDomains.count)",
+        ])
+    }
+
+    private func resume(_ action: InstanceAction, _ op: StoredOperation, _ ticket: KeyedFIFOLock.Ticket) async {
+        await locks.acquire(ticket)
+        defer { locks.release(ticket) }
+        var op = op
+        op.attempts += 1
+        let l = log(op.instanceUUID)
+        if op.attempts > settings.maxOperationAttempts {
+            l.error("\(action.rpcMethod) was interrupted \(op.attempts - 1) times; giving up and setting the instance to ERROR")
+            if var r = instances[op.instanceUUID] {
+                if action == .build { await rollbackBuild(r); r.holdsResources = false }
+                r.vmState = .error
+                r.taskState = nil
+                r.fault = "\(action.rpcMethod) interrupted by \(op.attempts - 1) agent restarts"
+                instances[r.uuid] = r
+                op.state = .failed
+                openOperations[r.uuid] = nil
+                await persist([.putOperation(op), .putInstance(uuid: r.uuid, body: r.storeJSON)], uuid: r.uuid)
+                notify(action, "error", r, message: r.fault)
+            }
+            return
+        }
+        l.warning("resuming \(action.rpcMethod) interrupted by a restart", metadata: [
+            "operation": "\(op.id)", "step": "\(op.step ?? "accepted")", "attempt": "\(op.attempts)",
+        ])
+        await persist([.putOperation(op)], uuid: op.instanceUUID)
+        _ = try? await run(action, op: op, resuming: true)
+    }
+
+    /// uuid → power state and name of every domain, from one list call.
+    func hypervisorDomains() async throws -> [String: (power: PowerState, name: String)] {
+        let list = try await plugins.hypervisor.listInstances()
+        var out: [String: (power: PowerState, name: String)] = [:]
+        for d in list.arrayValue ?? [] {
+            guard let u = d["uuid"]?.stringValue?.lowercased() else { continue }
+            out[u] = (d["power_state"]?.intValue.flatMap(PowerState.init(rawValue:)) ?? .noState, d["name"]?.stringValue ?? "")
+        }
+        return out
+    }
+
+    // MARK: - Power-state sync
+
+    /// `sync_power_states`: one list call, then nova's rules for each instance without a
+    /// task in progress. Returns how many instances it looked at.
+    @discardableResult
+    public func syncPowerStates() async -> Int {
+        let domains: [String: (power: PowerState, name: String)]
+        do { domains = try await hypervisorDomains() } catch {
+            logger.warning("sync_power_states: cannot list domains: \(error)")
+            return 0
+        }
+        var looked = 0
+        for uuid in Array(instances.keys) {
+            looked += 1
+            await reconcile(uuid, hypervisorPower: domains[uuid]?.power, reason: "during sync_power_states")
+        }
+        for (uuid, d) in domains where instances[uuid] == nil && unmanagedDomains[uuid] == nil {
+            unmanagedDomains[uuid] = d.name
+            logger.warning("the hypervisor runs a domain this agent does not manage; left untouched",
+                           metadata: ["domain_uuid": "\(uuid)", "domain_name": "\(d.name)"])
+        }
+        for uuid in unmanagedDomains.keys where domains[uuid] == nil { unmanagedDomains[uuid] = nil }
+        return looked
+    }
+
+    /// A lifecycle event from the hypervisor plugin: check that instance now (its current
+    /// power state is asked again, so a stale event cannot stop a rebooted instance).
+    public func handleLifecycleEvent(uuid: String) async {
+        let uuid = uuid.lowercased()
+        guard instances[uuid] != nil else { return }
+        let power = await currentPower(uuid)
+        await reconcile(uuid, hypervisorPower: power == .noState ? nil : power, reason: "after a hypervisor event")
+    }
+
+    /// nova's `_sync_instance_power_state` for one instance, plus one rule of ours: a
+    /// record whose domain has vanished goes to ERROR (nova only logs it, and the
+    /// instance then fails every action).
+    func reconcile(_ uuid: String, hypervisorPower: PowerState?, reason: String) async {
+        guard var r = instances[uuid], r.taskState == nil, openOperations[uuid] == nil,
+              ![.building, .deleted, .error].contains(r.vmState) else { return }
+        let l = log(uuid)
+        guard let power = hypervisorPower else {
+            l.error("the instance's domain has vanished from the hypervisor (\(reason)); setting it to ERROR")
+            r.vmState = .error
+            r.powerState = .noState
+            r.fault = "domain vanished from the hypervisor (\(reason))"
+            await save(r)
+            notify(.stop, "error", r, message: r.fault)
+            return
+        }
+        if power != r.powerState {
+            l.info("power_state in the record (\(r.powerState.name)) does not match the hypervisor's (\(power.name)); updating it")
+            r.powerState = power
+            await save(r)
+        }
+        switch r.vmState {
+        case .active where power == .shutdown || power == .crashed:
+            l.warning("instance shut down by itself (\(reason)); it is now STOPPED")
+            r.vmState = .stopped
+            await save(r)
+            notify(.stop, "end", r, message: "stopped by itself")
+        case .active where power == .suspended:
+            l.warning("instance is suspended unexpectedly; stopping it")
+            await forceStop(uuid, keep: .stopped)
+        case .stopped where !power.isOff:
+            l.warning("instance is not stopped (power_state \(power.name)); stopping it")
+            await forceStop(uuid, keep: .stopped)
+        case .paused where power == .shutdown || power == .crashed:
+            l.warning("paused instance shut down by itself; it is now STOPPED")
+            r.vmState = .stopped
+            await save(r)
+            notify(.stop, "end", r, message: "stopped by itself")
+        case .softDeleted where !power.isOff:
+            l.warning("instance is not (soft-)deleted; powering it off")
+            await forceStop(uuid, keep: .softDeleted)
+        default: break
+        }
+    }
+
+    private func save(_ r: InstanceRecord) async {
+        instances[r.uuid] = r
+        await persist([.putInstance(uuid: r.uuid, body: r.storeJSON)], uuid: r.uuid)
+    }
+
+    /// Powers an instance off on the sync's behalf (nova's force_stop), under its lock.
+    private func forceStop(_ uuid: String, keep state: VMState) async {
+        let ticket = locks.ticket(uuid)
+        Task {
+            await self.locks.acquire(ticket)
+            defer { self.locks.release(ticket) }
+            await self.forceStopLocked(uuid, keep: state)
+        }
+    }
+
+    private func forceStopLocked(_ uuid: String, keep state: VMState) async {
+        guard var r = instances[uuid], r.taskState == nil else { return }
+        do {
+            try await plugins.hypervisor.perform(.powerOff, uuid: uuid)
+            r = instances[uuid] ?? r
+            r.vmState = state
+            r.powerState = await currentPower(uuid) ?? .shutdown
+            await save(r)
+            notify(.stop, "end", r, message: "stopped by the power-state sync")
+        } catch {
+            log(uuid).error("could not power the instance off: \(error)")
+        }
+    }
+
+    // MARK: - Resources
+
+    /// Makes sure the tracker knows the host's totals before a claim.
+    func ensureTotals() async {
+        if tracker.totals == nil { await audit(domains: try? await hypervisorDomains()) }
+    }
+
+    /// `update_available_resource`: the host's totals, the records' usage and what the
+    /// hypervisor runs, logged as nova logs them and kept for the capabilities.
+    @discardableResult
+    public func updateAvailableResource() async -> ResourceAudit? {
+        await audit(domains: try? await hypervisorDomains())
+        do { try await store.pruneOperations(keep: settings.operationsKept) } catch {
+            logger.warning("could not prune the operation journal: \(error)")
+        }
+        return lastAudit
+    }
+
+    func audit(domains: [String: (power: PowerState, name: String)]?) async {
+        let started = monotonicSeconds()
+        let info: JSONValue
+        do { info = try await plugins.hypervisor.hostInfo() } catch {
+            logger.warning("resource audit: the hypervisor did not report its resources: \(error)")
+            return
+        }
+        let (disk, free) = await diskGB()
+        let totals = ResourceTracker.Totals(vcpus: info["vcpus"]?.intValue ?? 0, memoryMB: info["memory_mb"]?.intValue ?? 0,
+                                            diskGB: disk, diskFreeGB: free)
+        tracker.totals = totals
+        let usage = ResourceTracker.usage(of: instances.values)
+        let limits = tracker.limits(totals)
+        var hvVCPUs = 0, hvMem = 0
+        var detailed: [String: JSONValue] = [:]
+        if let list = try? await plugins.hypervisor.listInstances().arrayValue {
+            for d in list {
+                guard let u = d["uuid"]?.stringValue?.lowercased(), instances[u] != nil else { continue }
+                hvVCPUs += d["vcpus"]?.intValue ?? 0
+                hvMem += d["memory_mb"]?.intValue ?? 0
+                detailed[u] = d
+            }
+        }
+        _ = domains
+        lastAudit = ResourceAudit(totals: totals, usage: usage, limits: limits, hypervisorVCPUs: hvVCPUs,
+                                  hypervisorMemoryMB: hvMem, unmanagedDomains: unmanagedDomains.keys.sorted(),
+                                  durationMS: (monotonicSeconds() - started) * 1000)
+        lastHostInfo = info
+        logger.info("Total usable vcpus: \(Int(limits.vcpus)), total allocated vcpus: \(usage.vcpus)")
+        logger.info("Total usable memory: \(Int(limits.memoryMB)) MB, total allocated memory: \(usage.memoryMB) MB")
+        logger.info("Total usable disk: \(Int(limits.diskGB)) GB, total allocated disk: \(usage.diskGB) GB")
+        logger.debug("Final resource view", metadata: [
+            "phys_ram_mb": "\(totals.memoryMB)", "used_ram_mb": "\(usage.memoryMB + settings.resources.reservedHostMemoryMB)",
+            "phys_disk_gb": "\(totals.diskGB)", "used_disk_gb": "\(usage.diskGB)", "total_vcpus": "\(totals.vcpus)",
+            "used_vcpus": "\(usage.vcpus)", "hypervisor_vcpus": "\(hvVCPUs)", "hypervisor_memory_mb": "\(hvMem)",
+        ])
+    }
+
+    // MARK: - Soft-delete reclaim
+
+    /// `_reclaim_queued_deletes`: terminates instances soft-deleted longer than `interval`
+    /// seconds ago (journalled like any terminate).
+    public func reclaimQueuedDeletes(olderThan interval: Double) async {
+        let now = Double(time(nil))
+        let due = instances.values.filter { $0.vmState == .softDeleted && $0.taskState == nil && now - ($0.softDeletedAt ?? now) >= interval }
+        for r in due {
+            log(r.uuid).info("reclaiming soft-deleted instance")
+            _ = try? await execute(.terminate, uuid: r.uuid, args: ["instance_uuid": .string(r.uuid)],
+                                   context: ["is_admin": true], uniqueID: "reclaim-\(r.uuid)", delivery: .none)
+        }
+    }
+}
