@@ -57,13 +57,14 @@ class Agent:
         self.log = self.tmp / "agent.log"
         self.proc = None
 
-    def start(self, wait_for="consuming", timeout=20):
-        self.logf = open(self.log, "wb")
+    def start(self, wait_for="consuming", timeout=20, env=None):
+        self.logf = open(self.log, "ab")
+        self.mark = len(self.text())
         self.proc = subprocess.Popen([str(AGENT), "--config-file", str(self.conf)], stdout=self.logf,
-                                     stderr=subprocess.STDOUT)
+                                     stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
         deadline = time.time() + timeout
         while time.time() < deadline:
-            if wait_for in self.text():
+            if wait_for in self.text()[self.mark:]:
                 return self
             if self.proc.poll() is not None:
                 raise AssertionError(f"agent exited with {self.proc.returncode}:\n{self.text()}")
@@ -73,6 +74,16 @@ class Agent:
     def text(self):
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
+    def wait_killed(self, timeout=30):
+        """Waits for the agent to die by SIGKILL (a failpoint); returns its exit status."""
+        self.proc.wait(timeout)
+        self.logf.close()
+        return self.proc.returncode
+
+    def kill(self):
+        self.proc.kill()
+        return self.wait_killed()
+
     def stop(self):
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -81,7 +92,7 @@ class Agent:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        if self.proc:
+        if self.proc and not self.logf.closed:
             self.logf.close()
         return self.proc.returncode if self.proc else None
 
@@ -141,3 +152,46 @@ def wait_state(client, uuid_, vm_state, timeout=15):
             return info
         time.sleep(0.05)
     raise AssertionError(f"instance {uuid_} did not reach {vm_state}: {info}")
+
+
+HEADER_DIR = ROOT / "Sources" / "PluginABI" / "include"
+TEST_PLUGINS = ROOT / "Tests" / "integration" / "plugins"
+
+
+@pytest.fixture(scope="session")
+def test_plugin_dir(tmp_path_factory):
+    """The shipped plugins plus the C test plugins (memhv hypervisor, recnet network),
+    built with gcc against the plugin header."""
+    d = tmp_path_factory.mktemp("test-plugins")
+    os.chmod(d, 0o755)
+    for name in ["libcompute_hypervisor_libvirt.so", "libcompute_image_file.so", "libcompute_network_noop.so"]:
+        shutil.copy(BUILD / name, d / name)
+    for src, out in [("memhv.c", "libcompute_hypervisor_memhv.so"), ("recnet.c", "libcompute_network_recnet.so")]:
+        subprocess.run(["gcc", "-Wall", "-shared", "-fPIC", "-O1", "-o", str(d / out), f"-I{HEADER_DIR}",
+                        str(TEST_PLUGINS / src), "-lpthread"], check=True)
+    for f in d.iterdir():
+        os.chmod(f, 0o755)
+    return d
+
+
+def memhv_agent(tmp, plugin_dir, extra_default="", host=None, memhv=None):
+    """An agent on the memhv test hypervisor (domains kept in <tmp>/domains, so they
+    outlive the agent) with the recording network plugin (<tmp>/net.log)."""
+    tmp = pathlib.Path(tmp)
+    return Agent(tmp, host=host, plugin_dir=plugin_dir,
+                 extra_default="compute_driver = memhv\nnetwork_plugin = recnet\n" + extra_default,
+                 sections={"memhv": {"state_file": tmp / "domains", **(memhv or {})}, "recnet": {"record_file": tmp / "net.log"},
+                           "file": {"upload_dir": tmp / "images"}})
+
+
+def rpc_client(transport, host, timeout=15):
+    import oslo_messaging
+    return oslo_messaging.get_rpc_client(transport, oslo_messaging.Target(topic="compute", server=host), timeout=timeout)
+
+
+def make_image(path, size=65536):
+    """A small image file and its sha256 checksum in the form the agent takes."""
+    import hashlib
+    data = os.urandom(size)
+    pathlib.Path(path).write_bytes(data)
+    return f"file://{path}", "sha256:" + hashlib.sha256(data).hexdigest()
