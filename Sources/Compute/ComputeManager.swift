@@ -287,12 +287,18 @@ public actor ComputeManager {
                             kwargs: ["instance_uuid": .string(uuid)])
     }
 
-    /// Undoes a build: the domain, the VIFs, the disk. Every step is idempotent.
-    func rollbackBuild(_ r: InstanceRecord) async {
-        do { try await plugins.hypervisor.destroy(uuid: r.uuid) } catch {
-            if error.code != .notFound { log(r.uuid).error("rollback: could not destroy the domain: \(error)") }
+    /// Undoes a build: the domain, the VIFs, the disk. Every step is idempotent. With
+    /// `reached` (the journalled step of an interrupted build), only what that step can
+    /// have done is undone.
+    func rollbackBuild(_ r: InstanceRecord, reached: String? = nil) async {
+        let order = ["accepted", "fetch", "plug", "spawn"]
+        let reachedIndex = reached.flatMap { order.firstIndex(of: $0) } ?? order.count
+        if reachedIndex >= 3 {
+            do { try await plugins.hypervisor.destroy(uuid: r.uuid) } catch {
+                if error.code != .notFound { log(r.uuid).error("rollback: could not destroy the domain: \(error)") }
+            }
         }
-        for vif in r.vifs.reversed() {
+        for vif in r.vifs.reversed() where reachedIndex >= 2 {
             do { try await plugins.network.unplug(instance: r.pluginJSON, vif: vif) } catch {
                 log(r.uuid).error("rollback: could not unplug a VIF: \(error)")
             }

@@ -21,7 +21,7 @@ extension ComputeManager {
                     return finishBuild(uuid, power: .running)
                 }
                 l.info("build interrupted at step '\(op.step ?? "accepted")': undoing what was done and building again")
-                await rollbackBuild(r)
+                await rollbackBuild(r, reached: op.step)
             }
             l.info("building instance", metadata: ["vcpus": "\(r.vcpus)", "memory_mb": "\(r.memoryMB)"])
             await step(&op, "fetch")
