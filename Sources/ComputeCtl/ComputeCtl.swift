@@ -14,7 +14,7 @@ struct ComputeCtl: AsyncParsableCommand {
         commandName: "computectl",
         abstract: "Drive ComputeAgent hosts over RabbitMQ (oslo.messaging RPC).",
         subcommands: [Ping.self, Boot.self, List.self, Show.self, Action.self, Reboot.self, Terminate.self,
-                      Capabilities.self, ListenCapabilities.self])
+                      Console.self, Diagnostics.self, Resources.self, Capabilities.self, ListenCapabilities.self])
 }
 
 struct Connection: ParsableArguments {
@@ -177,24 +177,72 @@ struct Show: AsyncParsableCommand {
 struct Action: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "action",
-        abstract: "Cast stop, start, pause, unpause, suspend or resume to an instance.")
+        abstract: "Cast an action to an instance.",
+        discussion: "Actions: \(Action.expected.keys.sorted().joined(separator: ", ")).")
+
+    /// action → (RPC method, the vm_state it ends in; nil when it keeps the current one)
+    static let expected: [String: (String, String?)] = [
+        "stop": ("stop_instance", "stopped"), "start": ("start_instance", "active"),
+        "pause": ("pause_instance", "paused"), "unpause": ("unpause_instance", "active"),
+        "suspend": ("suspend_instance", "suspended"), "resume": ("resume_instance", "active"),
+        "rescue": ("rescue_instance", "rescued"), "unrescue": ("unrescue_instance", "active"),
+        "snapshot": ("snapshot_instance", nil), "rebuild": ("rebuild_instance", nil),
+        "resize": ("resize_instance", "resized"), "confirm-resize": ("confirm_resize", nil),
+        "revert-resize": ("revert_resize", nil), "soft-delete": ("soft_delete_instance", "soft-delete"),
+        "restore": ("restore_instance", "active"), "lock": ("lock_instance", nil), "unlock": ("unlock_instance", nil),
+    ]
+
     @OptionGroup var conn: Connection
-    @Argument(help: "stop | start | pause | unpause | suspend | resume") var action: String
+    @Argument(help: "The action (see below).") var action: String
     @Argument var uuid: String
+    @Option(help: "resize: the new flavor as VCPUS,MEMORY_MB,ROOT_GB.") var flavor: String?
+    @Option(help: "rebuild: the new image; rescue: the rescue image.") var image: String?
+    @Option(help: "snapshot: the image name.") var imageName: String?
+    @Flag(help: "Send the request with an admin context (is_admin = true).") var admin = false
     @Flag(help: "Wait for the action to finish, printing each state.") var wait = false
 
     func run() async throws {
-        guard ["stop", "start", "pause", "unpause", "suspend", "resume"].contains(action) else {
-            throw ValidationError("unknown action '\(action)'")
+        guard let (method, expect) = Self.expected[action] else { throw ValidationError("unknown action '\(action)'") }
+        var args: [String: JSONValue] = ["instance_uuid": .string(uuid)]
+        if action == "resize" {
+            let parts = (flavor ?? "").split(separator: ",").compactMap { Int($0) }
+            guard parts.count == 3 else { throw ValidationError("resize needs --flavor VCPUS,MEMORY_MB,ROOT_GB") }
+            args["flavor"] = .object(["vcpus": .int(Int64(parts[0])), "memory_mb": .int(Int64(parts[1])), "root_gb": .int(Int64(parts[2]))])
         }
+        if let image { args[action == "rescue" ? "rescue_image_ref" : "image_ref"] = .string(image) }
+        if let imageName { args["image_name"] = .string(imageName) }
+        let context: [String: JSONValue] = admin ? ["is_admin": true] : [:]
         try await conn.withClient { c, host in
-            try await c.cast(topic: "compute", server: host, method: "\(action)_instance", args: ["instance_uuid": .string(uuid)])
-            print("\(action)_instance cast to compute.\(host): \(uuid)")
-            let expected = ["stop": "stopped", "start": "active", "pause": "paused", "unpause": "active",
-                            "suspend": "suspended", "resume": "active"][action]
-            if wait { try await waitForInstance(c, host: host, uuid: uuid, timeout: conn.timeout, expect: expected) }
+            try await c.cast(topic: "compute", server: host, method: method, args: args, context: context)
+            print("\(method) cast to compute.\(host): \(uuid)")
+            if wait { try await waitForInstance(c, host: host, uuid: uuid, timeout: conn.timeout, expect: expect) }
         }
     }
+}
+
+struct Console: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Print an instance's console output.")
+    @OptionGroup var conn: Connection
+    @Argument var uuid: String
+    @Option(help: "Only the last N lines.") var tailLength: Int?
+    func run() async throws {
+        var args: [String: JSONValue] = ["instance_uuid": .string(uuid)]
+        if let tailLength { args["tail_length"] = .int(Int64(tailLength)) }
+        print(try await conn.call("get_console_output", args).stringValue ?? "", terminator: "")
+    }
+}
+
+struct Diagnostics: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Print an instance's diagnostics.")
+    @OptionGroup var conn: Connection
+    @Argument var uuid: String
+    func run() async throws { printJSON(try await conn.call("get_diagnostics", ["instance_uuid": .string(uuid)])) }
+}
+
+struct Resources: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Print the last resource audit (get_available_resource).")
+    @OptionGroup var conn: Connection
+    func run() async throws { printJSON(try await conn.call("get_available_resource")) }
 }
 
 struct Reboot: AsyncParsableCommand {
