@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The main job, end to end: installs what is missing, starts a loopback RabbitMQ, builds,
 # starts compute-agent with the libvirt plugin on libvirt's test:///default driver, then
-# drives one instance through its life with computectl, printing each state and the
-# capabilities the agent fans out to the scheduler.
+# drives one instance through its life with computectl — every action of the state table,
+# a refused one, a lock, a snapshot, a resize, a SIGKILL of the agent and its recovery —
+# printing each state and the capabilities the agent fans out to the scheduler.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -34,6 +35,9 @@ periodic_interval = 60
 
 [libvirt]
 connection_uri = test:///default
+
+[file]
+upload_dir = $WORK/images
 CONF
 CTL=("$BIN/computectl")
 C=(--config-file "$WORK/compute-agent.conf")
@@ -83,6 +87,40 @@ step "a refused action: pause while stopped (the agent logs InstanceInvalidState
 sleep 0.2; grep "InstanceInvalidState" "$WORK/agent.log" | tail -1 | sed 's/^/  agent| /'
 step "start"
 "${CTL[@]}" action start "$UUID" "${C[@]}" --wait
+step "rescue, then unrescue"
+"${CTL[@]}" action rescue "$UUID" "${C[@]}" --wait
+"${CTL[@]}" action unrescue "$UUID" "${C[@]}" --wait
+step "snapshot (stored by the file image plugin's upload side)"
+"${CTL[@]}" action snapshot "$UUID" "${C[@]}" --image-name demo-snap --wait
+ls -l "$WORK/images" | sed 's/^/  /'
+step "resize to 2 vcpus / 128 MB, then confirm"
+"${CTL[@]}" action resize "$UUID" "${C[@]}" --flavor 2,128,1 --wait
+"${CTL[@]}" action confirm-resize "$UUID" "${C[@]}" --wait
+step "lock: a stop without admin context is refused (InstanceIsLocked), an admin's goes through"
+"${CTL[@]}" action lock "$UUID" "${C[@]}" --wait
+"${CTL[@]}" action stop "$UUID" "${C[@]}" --wait
+sleep 0.2; grep "InstanceIsLocked" "$WORK/agent.log" | tail -1 | sed 's/^/  agent| /'
+"${CTL[@]}" action stop "$UUID" "${C[@]}" --admin --wait
+"${CTL[@]}" action unlock "$UUID" "${C[@]}" --wait
+"${CTL[@]}" action start "$UUID" "${C[@]}" --wait
+step "soft delete, then restore"
+"${CTL[@]}" action soft-delete "$UUID" "${C[@]}" --wait
+"${CTL[@]}" action restore "$UUID" "${C[@]}" --wait
+step "diagnostics and the resource audit"
+"${CTL[@]}" diagnostics "$UUID" "${C[@]}"
+grep "Total usable" "$WORK/agent.log" | tail -3 | sed 's/^/  agent| /'
+
+step "SIGKILL the agent, then start it again: its journal keeps the record"
+kill -KILL "$AGENT_PID"; wait "$AGENT_PID" 2>/dev/null || true
+"$BIN/compute-agent" --config-file "$WORK/compute-agent.conf" >> "$WORK/agent.log" 2>&1 &
+AGENT_PID=$!
+for _ in $(seq 1 200); do [ "$(grep -c consuming "$WORK/agent.log")" -ge 2 ] && break; sleep 0.05; done
+echo "  (test:///default keeps its domains inside the agent process, so this domain died with it;"
+echo "   the record survived and reconciliation reports that, instead of forgetting the instance)"
+grep -E "vanished|recovered instance records" "$WORK/agent.log" | tail -2 | sed 's/^/  agent| /'
+"${CTL[@]}" show "$UUID" "${C[@]}" | grep -E '"(vm_state|fault)"' | sed 's/^/  /'
+step "rebuild re-creates the domain from the recorded image"
+"${CTL[@]}" action rebuild "$UUID" "${C[@]}" --wait
 step "list"
 "${CTL[@]}" list "${C[@]}"
 step "terminate"

@@ -118,7 +118,8 @@ func waitForInstance(_ client: RPCClient, host: String, uuid: String, timeout: D
             }
         } catch let f as RemoteFailure where f.className == "InstanceNotFound" {
             if gone { print("  \(uuid)  deleted"); return }
-            throw f
+            // A cast build is not visible until the agent has accepted it.
+            if monotonicSeconds() > settle { throw f }
         }
         try await Task.sleep(for: .milliseconds(100))
     }
