@@ -81,7 +81,12 @@ extension ComputeManager {
             return await finish(action, uuid)
 
         case .hardReboot:
-            try await hv.reboot(uuid: uuid, hard: true)
+            do { try await hv.reboot(uuid: uuid, hard: true) } catch {
+                guard error.code == .notFound else { throw error }
+                // As nova's hard reboot regenerates the domain: the record is the truth.
+                l.warning("hard reboot found no domain; defining it again from the record")
+                try await hv.spawn(instance: r.pluginJSON)
+            }
             Failpoints.hit("action.after_plugin")
             return await finish(action, uuid)
 

@@ -250,9 +250,16 @@ extension ComputeManager {
         if let list = try? await plugins.hypervisor.listInstances().arrayValue {
             for d in list {
                 guard let u = d["uuid"]?.stringValue?.lowercased(), instances[u] != nil else { continue }
-                hvVCPUs += d["vcpus"]?.intValue ?? 0
-                hvMem += d["memory_mb"]?.intValue ?? 0
+                let v = d["vcpus"]?.intValue ?? 0, m = d["memory_mb"]?.intValue ?? 0
+                hvVCPUs += v
+                hvMem += m
                 detailed[u] = d
+                if let r = instances[u], r.taskState == nil, r.vmState != .resized, v != r.vcpus || m != r.memoryMB {
+                    log(u).warning("the domain's size differs from the instance's flavor", metadata: [
+                        "domain_vcpus": "\(v)", "flavor_vcpus": "\(r.vcpus)", "domain_memory_mb": "\(m)",
+                        "flavor_memory_mb": "\(r.memoryMB)",
+                    ])
+                }
             }
         }
         _ = domains
@@ -280,7 +287,8 @@ extension ComputeManager {
         for r in due {
             log(r.uuid).info("reclaiming soft-deleted instance")
             _ = try? await execute(.terminate, uuid: r.uuid, args: ["instance_uuid": .string(r.uuid)],
-                                   context: ["is_admin": true], uniqueID: "reclaim-\(r.uuid)", delivery: .none)
+                                   context: ["is_admin": true], uniqueID: "reclaim-\(r.uuid)-\(Int(r.softDeletedAt ?? 0))",
+                                   delivery: .none)
         }
     }
 }

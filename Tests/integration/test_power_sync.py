@@ -57,3 +57,31 @@ def test_unknown_domain_is_reported_not_destroyed(env):
     assert c.call({}, "get_host_capabilities")["unmanaged_domains"] == 1
     assert stray in env["domains"].read_text()
     assert re.search(rf"does not manage; left untouched .*domain_uuid={stray}", env["agent"].text())
+
+
+def test_hard_reboot_recreates_a_vanished_domain(env):
+    c = env["client"]
+    u = c.call({}, "build_and_run_instance", instance=new_instance())["uuid"]
+    p = env["domains"]
+    p.write_text("".join(l for l in p.read_text().splitlines(True) if not l.startswith(u)))
+    assert "vanished" in wait_state(c, u, "error", timeout=10)["fault"]
+    r = c.call({}, "reboot_instance", instance_uuid=u, reboot_type="HARD")
+    assert r["vm_state"] == "active" and r["power_state_name"] == "RUNNING" and r["fault"] is None
+    assert u in p.read_text()
+
+
+def test_soft_deleted_instances_are_reclaimed_after_the_interval(tmp_path, test_plugin_dir, transport):
+    a = memhv_agent(tmp_path, test_plugin_dir, extra_default="reclaim_instance_interval = 1").start()
+    try:
+        c = rpc_client(transport, a.host)
+        keep = c.call({}, "build_and_run_instance", instance=new_instance())["uuid"]
+        u = c.call({}, "build_and_run_instance", instance=new_instance())["uuid"]
+        c.call({}, "soft_delete_instance", instance_uuid=u)
+        deadline = time.time() + 15
+        while time.time() < deadline and any(i["uuid"] == u for i in c.call({}, "list_instances")):
+            time.sleep(0.2)
+        assert [i["uuid"] for i in c.call({}, "list_instances")] == [keep]
+        assert u not in (tmp_path / "domains").read_text()
+        assert re.search(rf"reclaiming soft-deleted instance .*instance_uuid={u}", a.text())
+    finally:
+        a.stop()
