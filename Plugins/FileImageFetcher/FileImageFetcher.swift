@@ -61,58 +61,20 @@ final class FileImageFetcher: @unchecked Sendable {
             wanted = String(w.dropFirst(7)).lowercased()
         }
 
-        let inFD = open(src, O_RDONLY | O_CLOEXEC)
-        guard inFD >= 0 else {
-            let code = errno
-            throw PluginFailure(code == ENOENT ? CA_ERR_NOT_FOUND : CA_ERR_FAILED, "cannot open image \(src): \(String(cString: strerror(code)))")
-        }
-        defer { close(inFD) }
         try makeParents(of: dest)
-        let part = dest + ".part"
-        let outFD = open(part, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        guard outFD >= 0 else { throw PluginFailure(CA_ERR_FAILED, "cannot create \(part): \(String(cString: strerror(errno)))") }
-        var ok = false
-        defer {
-            close(outFD)
-            if !ok { unlink(part) }
-        }
         var hasher = SHA256()
-        var total = 0
-        var buf = [UInt8](repeating: 0, count: 1 << 20)
-        while true {
-            let n = buf.withUnsafeMutableBytes { read(inFD, $0.baseAddress, $0.count) }
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw PluginFailure(CA_ERR_FAILED, "reading \(src): \(String(cString: strerror(errno)))")
-            }
-            if n == 0 { break }
-            total += n
+        var digest = ""
+        let total = try PluginFiles.atomicCopy(from: src, to: dest, inspect: { chunk, total throws(PluginFailure) in
             if maxBytes > 0 && total > maxBytes {
                 throw PluginFailure(CA_ERR_INVALID_ARGUMENT, "image \(src) is larger than the limit of \(maxBytes) bytes")
             }
-            let failure = buf.withUnsafeBytes { (raw: UnsafeRawBufferPointer) -> PluginFailure? in
-                let chunk = UnsafeRawBufferPointer(rebasing: raw[0..<n])
-                hasher.update(chunk)
-                var off = 0
-                while off < n {
-                    let w = write(outFD, chunk.baseAddress! + off, n - off)
-                    if w < 0 {
-                        if errno == EINTR { continue }
-                        return PluginFailure(CA_ERR_FAILED, "writing \(part): \(String(cString: strerror(errno)))")
-                    }
-                    off += w
-                }
-                return nil
+            hasher.update(chunk)
+        }, verify: { () throws(PluginFailure) in
+            digest = hasher.finish()
+            if let wanted, wanted != digest {
+                throw PluginFailure(CA_ERR_INVALID_ARGUMENT, "checksum mismatch for \(src): expected sha256:\(wanted), got sha256:\(digest)")
             }
-            if let failure { throw failure }
-        }
-        let digest = hasher.finish()
-        if let wanted, wanted != digest {
-            throw PluginFailure(CA_ERR_INVALID_ARGUMENT, "checksum mismatch for \(src): expected sha256:\(wanted), got sha256:\(digest)")
-        }
-        guard fsync(outFD) == 0 else { throw PluginFailure(CA_ERR_FAILED, "fsync \(part): \(String(cString: strerror(errno)))") }
-        guard rename(part, dest) == 0 else { throw PluginFailure(CA_ERR_FAILED, "rename to \(dest): \(String(cString: strerror(errno)))") }
-        ok = true
+        })
         host.log(CA_LOG_INFO, "fetched \(src) to \(dest) (\(total) bytes, sha256:\(digest))")
         return .object(["size": .int(Int64(total)), "checksum": .string("sha256:" + digest)])
     }

@@ -190,14 +190,7 @@ final class LibvirtDriver: @unchecked Sendable {
     }
 
     func spawn(_ instance: JSONValue) throws(PluginFailure) {
-        let xml = try DomainXML.build(instance, domainType: domainType)
-        guard let dom = virDomainDefineXML(conn, xml) else { throw failure("defining the domain") }
-        defer { virDomainFree(dom) }
-        if virDomainCreate(dom) != 0 {
-            let f = failure("starting the domain")
-            _ = virDomainUndefine(dom)
-            throw f
-        }
+        try defineAndStart(DomainXML.build(instance, domainType: domainType))
     }
 
     func info(_ uuid: String) throws(PluginFailure) -> JSONValue {
@@ -254,7 +247,7 @@ final class LibvirtDriver: @unchecked Sendable {
         try destroy(uuid)
         var disks: [String] = []
         if let r = rescue["rescue_disk_path"]?.stringValue { disks.append(r) }
-        if let d = instance["disk_path"]?.stringValue, FileManagerLite.exists(d) { disks.append(d) }
+        if let d = instance["disk_path"]?.stringValue, PluginFiles.exists(d) { disks.append(d) }
         try defineAndStart(DomainXML.build(instance, domainType: domainType, disks: disks, rescue: true))
     }
 
@@ -265,6 +258,7 @@ final class LibvirtDriver: @unchecked Sendable {
         try spawn(instance)
     }
 
+    /// Defines and starts a domain; a domain that fails to start is undefined again.
     private func defineAndStart(_ xml: String) throws(PluginFailure) {
         guard let dom = virDomainDefineXML(conn, xml) else { throw failure("defining the domain") }
         defer { virDomainFree(dom) }
@@ -282,7 +276,7 @@ final class LibvirtDriver: @unchecked Sendable {
             guard let raw = virDomainGetXMLDesc(d, 0) else { throw failure("virDomainGetXMLDesc") }
             let xml = String(cString: raw)
             free(raw)
-            guard let source = DomainXML.firstDiskSource(xml), FileManagerLite.exists(source) else {
+            guard let source = DomainXML.firstDiskSource(xml), PluginFiles.exists(source) else {
                 throw PluginFailure(CA_ERR_INVALID_STATE, "instance \(uuid) has no disk file to snapshot")
             }
             var info = virDomainInfo()
@@ -290,7 +284,7 @@ final class LibvirtDriver: @unchecked Sendable {
             let running = Int32(info.state) == Int32(VIR_DOMAIN_RUNNING.rawValue)
             if running, virDomainSuspend(d) != 0 { throw failure("pausing for the snapshot") }
             defer { if running { _ = virDomainResume(d) } }
-            let size = try FileManagerLite.copy(from: source, to: dest)
+            let size = try PluginFiles.atomicCopy(from: source, to: dest)
             return .object(["size": .int(Int64(size)), "disk_format": .string(DomainXML.firstDiskFormat(xml) ?? "raw")])
         }
     }
@@ -317,7 +311,7 @@ final class LibvirtDriver: @unchecked Sendable {
             let xml = String(cString: raw)
             free(raw)
             guard let path = DomainXML.consoleLogPath(xml) else { return .object(["output": ""]) }
-            return .object(["output": .string(FileManagerLite.tail(path, maxBytes: 100 * 1024))])
+            return .object(["output": .string(PluginFiles.tail(path, maxBytes: 100 * 1024))])
         }
     }
 

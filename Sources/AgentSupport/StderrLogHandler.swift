@@ -64,16 +64,9 @@ public struct StderrLogHandler: LogHandler {
         }
     }
 
+    /// ISO 8601 UTC with milliseconds: "2026-11-23T09:15:02.123Z".
     static func timestamp() -> String {
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
-        var t = tm()
-        var secs = ts.tv_sec
-        gmtime_r(&secs, &t)
-        func pad(_ v: Int32, _ w: Int) -> String {
-            let s = String(v)
-            return String(repeating: "0", count: max(0, w - s.count)) + s
-        }
-        return "\(t.tm_year + 1900)-\(pad(t.tm_mon + 1, 2))-\(pad(t.tm_mday, 2))T\(pad(t.tm_hour, 2)):\(pad(t.tm_min, 2)):\(pad(t.tm_sec, 2)).\(pad(Int32(ts.tv_nsec / 1_000_000), 3))Z"
+        let t = Array(utcTimestamp())  // "2026-11-23 09:15:02.123456"
+        return String(t[0..<10]) + "T" + String(t[11..<23]) + "Z"
     }
 }

@@ -1,19 +1,25 @@
-import PluginSDK
-
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// The few file operations the libvirt plugin needs (no Foundation in plugins: one Swift
-/// runtime shared with the agent, nothing more).
-enum FileManagerLite {
-    static func exists(_ path: String) -> Bool { access(path, F_OK) == 0 }
+/// File operations plugins share (no Foundation in plugins: one Swift runtime shared with
+/// the agent, nothing more).
+public enum PluginFiles {
+    public static func exists(_ path: String) -> Bool { access(path, F_OK) == 0 }
 
-    /// Copies `from` to `to` through `<to>.part`, fsynced and renamed into place; returns
-    /// the byte count.
-    static func copy(from: String, to: String) throws(PluginFailure) -> Int {
+    /// Copies `from` to `to` through `<to>.part`, then fsyncs and renames it into place, so
+    /// a failed copy never leaves a half-written `to`. `inspect` sees every chunk and
+    /// `verify` runs before the rename; either may throw to abandon the copy. Returns the
+    /// byte count.
+    public static func atomicCopy(from: String, to: String,
+                                  inspect: (UnsafeRawBufferPointer, Int) throws(PluginFailure) -> Void = { _, _ in },
+                                  verify: () throws(PluginFailure) -> Void = {}) throws(PluginFailure) -> Int
+    {
         let inFD = open(from, O_RDONLY | O_CLOEXEC)
-        guard inFD >= 0 else { throw PluginFailure(CA_ERR_FAILED, "cannot open \(from): \(String(cString: strerror(errno)))") }
+        guard inFD >= 0 else {
+            let code = errno
+            throw PluginFailure(code == ENOENT ? CA_ERR_NOT_FOUND : CA_ERR_FAILED, "cannot open \(from): \(String(cString: strerror(code)))")
+        }
         defer { close(inFD) }
         let part = to + ".part"
         let outFD = open(part, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
@@ -29,14 +35,20 @@ enum FileManagerLite {
             let n = buf.withUnsafeMutableBytes { read(inFD, $0.baseAddress, $0.count) }
             if n < 0 { if errno == EINTR { continue }; throw PluginFailure(CA_ERR_FAILED, "reading \(from): \(String(cString: strerror(errno)))") }
             if n == 0 { break }
+            total += n
+            let rejected = buf.withUnsafeBytes { raw -> PluginFailure? in
+                do throws(PluginFailure) { try inspect(UnsafeRawBufferPointer(rebasing: raw[0..<n]), total) } catch { return error }
+                return nil
+            }
+            if let rejected { throw rejected }
             var off = 0
             while off < n {
                 let w = buf.withUnsafeBytes { write(outFD, $0.baseAddress! + off, n - off) }
                 if w < 0 { if errno == EINTR { continue }; throw PluginFailure(CA_ERR_FAILED, "writing \(part): \(String(cString: strerror(errno)))") }
                 off += w
             }
-            total += n
         }
+        try verify()
         guard fsync(outFD) == 0, rename(part, to) == 0 else {
             throw PluginFailure(CA_ERR_FAILED, "finishing \(to): \(String(cString: strerror(errno)))")
         }
@@ -45,7 +57,7 @@ enum FileManagerLite {
     }
 
     /// The last `maxBytes` of a file as text; empty if it does not exist.
-    static func tail(_ path: String, maxBytes: Int) -> String {
+    public static func tail(_ path: String, maxBytes: Int) -> String {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { return "" }
         defer { close(fd) }
