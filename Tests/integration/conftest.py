@@ -146,8 +146,16 @@ def wait_state(client, uuid_, vm_state, timeout=15):
     """Polls get_instance_info until the instance reaches vm_state with no task."""
     deadline = time.time() + timeout
     info = None
+    import oslo_messaging
     while time.time() < deadline:
-        info = client.call({}, "get_instance_info", instance_uuid=uuid_)
+        try:
+            info = client.call({}, "get_instance_info", instance_uuid=uuid_)
+        except oslo_messaging.RemoteError as e:
+            # A cast build becomes visible once the agent has accepted (journalled) it.
+            if e.exc_type != "InstanceNotFound":
+                raise
+            time.sleep(0.05)
+            continue
         if info["vm_state"] == vm_state and info["task_state"] is None:
             return info
         time.sleep(0.05)
