@@ -29,7 +29,7 @@ extension ComputeManager {
             logger.error("cannot list the hypervisor's domains at start-up (\(error)); reconciliation waits for the next power-state sync")
             domains = nil
         }
-        await audit(domains: domains)
+        await audit()
         var resuming: Set<String> = []
         for op in ops {
             guard let action = InstanceAction(rawValue: op.method) else {
@@ -218,21 +218,22 @@ extension ComputeManager {
 
     /// Makes sure the tracker knows the host's totals before a claim.
     func ensureTotals() async {
-        if tracker.totals == nil { await audit(domains: try? await hypervisorDomains()) }
+        if tracker.totals == nil { await audit() }
     }
 
     /// `update_available_resource`: the host's totals, the records' usage and what the
     /// hypervisor runs, logged as nova logs them and kept for the capabilities.
     @discardableResult
     public func updateAvailableResource() async -> ResourceAudit? {
-        await audit(domains: try? await hypervisorDomains())
+        await audit()
         do { try await store.pruneOperations(keep: settings.operationsKept) } catch {
             logger.warning("could not prune the operation journal: \(error)")
         }
         return lastAudit
     }
 
-    func audit(domains: [String: (power: PowerState, name: String)]?) async {
+    /// One audit: the plugin's host figures, the instances file system and one list call.
+    func audit() async {
         let started = monotonicSeconds()
         let info: JSONValue
         do { info = try await plugins.hypervisor.hostInfo() } catch {
@@ -246,14 +247,12 @@ extension ComputeManager {
         let usage = ResourceTracker.usage(of: instances.values)
         let limits = tracker.limits(totals)
         var hvVCPUs = 0, hvMem = 0
-        var detailed: [String: JSONValue] = [:]
         if let list = try? await plugins.hypervisor.listInstances().arrayValue {
             for d in list {
                 guard let u = d["uuid"]?.stringValue?.lowercased(), instances[u] != nil else { continue }
                 let v = d["vcpus"]?.intValue ?? 0, m = d["memory_mb"]?.intValue ?? 0
                 hvVCPUs += v
                 hvMem += m
-                detailed[u] = d
                 if let r = instances[u], r.taskState == nil, r.vmState != .resized, v != r.vcpus || m != r.memoryMB {
                     log(u).warning("the domain's size differs from the instance's flavor", metadata: [
                         "domain_vcpus": "\(v)", "flavor_vcpus": "\(r.vcpus)", "domain_memory_mb": "\(m)",
@@ -262,7 +261,6 @@ extension ComputeManager {
                 }
             }
         }
-        _ = domains
         lastAudit = ResourceAudit(totals: totals, usage: usage, limits: limits, hypervisorVCPUs: hvVCPUs,
                                   hypervisorMemoryMB: hvMem, unmanagedDomains: unmanagedDomains.keys.sorted(),
                                   durationMS: (monotonicSeconds() - started) * 1000)

@@ -203,3 +203,12 @@ def make_image(path, size=65536):
     data = os.urandom(size)
     pathlib.Path(path).write_bytes(data)
     return f"file://{path}", "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def edit_domains(path, change):
+    """Changes memhv's domain file behind the agent's back, atomically (write a copy, then
+    rename), as memhv itself does: the plugin never reads a half-written file."""
+    path = pathlib.Path(path)
+    tmp = path.with_name(path.name + ".edit")
+    tmp.write_text(change(path.read_text() if path.exists() else ""))
+    os.replace(tmp, path)

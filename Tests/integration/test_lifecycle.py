@@ -10,7 +10,7 @@ import uuid
 import oslo_messaging
 import pytest
 
-from conftest import make_image, memhv_agent, new_instance, rpc_client, wait_state
+from conftest import edit_domains, make_image, memhv_agent, new_instance, rpc_client, wait_state
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +137,7 @@ def test_rebuild_from_error_recreates_the_domain(env):
     u = build(env)
     # The domain disappears behind the agent's back: the sync puts the instance in ERROR.
     domains = env["tmp"] / "domains"
-    domains.write_text("".join(l for l in domains.read_text().splitlines(True) if not l.startswith(u)))
+    edit_domains(domains, lambda t: "".join(l for l in t.splitlines(True) if not l.startswith(u)))
     info = wait_state(c, u, "error")
     assert "vanished" in info["fault"]
     assert c.call({}, "rebuild_instance", instance_uuid=u)["vm_state"] == "active"

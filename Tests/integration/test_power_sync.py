@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from conftest import memhv_agent, new_instance, rpc_client, wait_state
+from conftest import edit_domains, memhv_agent, new_instance, rpc_client, wait_state
 
 
 @pytest.fixture
@@ -19,8 +19,7 @@ def env(tmp_path, test_plugin_dir, transport):
 
 def set_power(env, u, power):
     """Changes a domain's power state behind the agent's back, as a guest shutting down would."""
-    p = env["domains"]
-    p.write_text(re.sub(rf"^({u}) \d+ ", rf"\g<1> {power} ", p.read_text(), flags=re.M))
+    edit_domains(env["domains"], lambda t: re.sub(rf"^({u}) \d+ ", rf"\g<1> {power} ", t, flags=re.M))
 
 
 def test_instance_that_stopped_by_itself_goes_to_stopped(env):
@@ -49,8 +48,7 @@ def test_stopped_instance_found_running_is_stopped_again(env):
 def test_unknown_domain_is_reported_not_destroyed(env):
     c = env["client"]
     stray = str(uuid.uuid4())
-    with open(env["domains"], "a") as f:
-        f.write(f"{stray} 1 1 64 hand-made\n")
+    edit_domains(env["domains"], lambda t: t + f"{stray} 1 1 64 hand-made\n")
     deadline = time.time() + 10
     while time.time() < deadline and c.call({}, "get_host_capabilities")["unmanaged_domains"] == 0:
         time.sleep(0.1)
@@ -63,7 +61,7 @@ def test_hard_reboot_recreates_a_vanished_domain(env):
     c = env["client"]
     u = c.call({}, "build_and_run_instance", instance=new_instance())["uuid"]
     p = env["domains"]
-    p.write_text("".join(l for l in p.read_text().splitlines(True) if not l.startswith(u)))
+    edit_domains(p, lambda t: "".join(l for l in t.splitlines(True) if not l.startswith(u)))
     assert "vanished" in wait_state(c, u, "error", timeout=10)["fault"]
     r = c.call({}, "reboot_instance", instance_uuid=u, reboot_type="HARD")
     assert r["vm_state"] == "active" and r["power_state_name"] == "RUNNING" and r["fault"] is None
