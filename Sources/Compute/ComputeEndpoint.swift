@@ -33,8 +33,15 @@ extension ComputeManager: RPCEndpoint {
         let a = request.args
         switch request.method {
         case "ping":
-            return .object(["pong": true, "host": .string(host), "version": .string(Self.agentVersion),
-                            "api_version": .string(Self.apiVersion), "echo": a["arg"] ?? .object(a)])
+            var reply: [String: JSONValue] = ["pong": true, "host": .string(host), "version": .string(Self.agentVersion),
+                                              "api_version": .string(Self.apiVersion), "echo": a["arg"] ?? .object(a)]
+            if let n = a["reply_bytes"], !n.isNull {
+                guard let bytes = n.intValue, (0...(1 << 20)).contains(bytes) else {
+                    throw ComputeError.invalidInput("'reply_bytes' must be an integer in 0...1048576, got \(n.serialized())")
+                }
+                reply["padding"] = .string(String(repeating: "x", count: bytes))
+            }
+            return .object(reply)
         case "get_instance_info": return try await instanceInfo(Self.instanceUUID(a))
         case "list_instances": return await listInstances()
         case "get_host_capabilities": return try await capabilities()

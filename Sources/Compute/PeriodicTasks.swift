@@ -65,14 +65,14 @@ public final class PeriodicTasks: Sendable {
                 await runPeriodically(
                     schedule: { PeriodicSchedule(interval: self.intervals.withLock { $0.report }) },
                     initialDelay: reportSchedule.initialDelay(cap: 1.0),
-                    record: { d in self.logger.trace("report_state took \(d) s") }
+                    record: { d in self.finished("report_state", d, level: .trace) }
                 ) { await self.reportState() }
             }
             group.addTask {
                 await runPeriodically(
                     schedule: { PeriodicSchedule(interval: self.intervals.withLock { $0.capabilities }) },
                     initialDelay: 0,
-                    record: { d in self.logger.debug("update_capabilities took \(Int(d * 1000)) ms") }
+                    record: { d in self.finished("update_capabilities", d) }
                 ) { await self.updateCapabilities() }
             }
             let resources = PeriodicSchedule(interval: intervals.withLock { $0.resources })
@@ -80,7 +80,7 @@ public final class PeriodicTasks: Sendable {
                 await runPeriodically(
                     schedule: { PeriodicSchedule(interval: self.intervals.withLock { $0.resources }) },
                     initialDelay: resources.initialDelay(cap: 60),
-                    record: { d in self.logger.debug("update_available_resource took \(Int(d * 1000)) ms") }
+                    record: { d in self.finished("update_available_resource", d) }
                 ) { await self.manager.updateAvailableResource() }
             }
             let sync = PeriodicSchedule(interval: intervals.withLock { $0.powerSync })
@@ -88,7 +88,7 @@ public final class PeriodicTasks: Sendable {
                 await runPeriodically(
                     schedule: { PeriodicSchedule(interval: self.intervals.withLock { $0.powerSync }) },
                     initialDelay: sync.initialDelay(cap: 60),
-                    record: { d in self.logger.debug("sync_power_states took \(Int(d * 1000)) ms") }
+                    record: { d in self.finished("sync_power_states", d) }
                 ) { await self.manager.syncPowerStates() }
             }
             group.addTask {
@@ -101,6 +101,13 @@ public final class PeriodicTasks: Sendable {
                 }
             }
         }
+    }
+
+    /// One line per periodic run with its duration (debug), which the benchmarks read.
+    func finished(_ task: String, _ seconds: Double, level: Logger.Level = .debug) {
+        logger.log(level: level, "periodic task done", metadata: [
+            "task": "\(task)", "duration_ms": "\((seconds * 10_000).rounded() / 10)",
+        ])
     }
 
     func reportState() async {
@@ -123,7 +130,9 @@ public final class PeriodicTasks: Sendable {
 
     func updateCapabilities() async {
         do {
+            let started = monotonicSeconds()
             let caps = try await manager.capabilities()
+            finished("build_capabilities", monotonicSeconds() - started)
             try await notifier.fanoutCast(topic: "scheduler", method: "update_service_capabilities",
                                           args: ["service_name": "compute", "host": .string(host), "capabilities": caps])
             logger.debug("capabilities published", metadata: ["num_instances": "\(caps["num_instances"]?.intValue ?? 0)"])

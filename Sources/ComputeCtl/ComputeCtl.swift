@@ -14,7 +14,8 @@ struct ComputeCtl: AsyncParsableCommand {
         commandName: "computectl",
         abstract: "Drive ComputeAgent hosts over RabbitMQ (oslo.messaging RPC).",
         subcommands: [Ping.self, Boot.self, List.self, Show.self, Action.self, Reboot.self, Terminate.self,
-                      Console.self, Diagnostics.self, Resources.self, Capabilities.self, ListenCapabilities.self])
+                      Console.self, Diagnostics.self, Resources.self, Capabilities.self, ListenCapabilities.self,
+                      BenchCalls.self])
 }
 
 struct Connection: ParsableArguments {
@@ -326,3 +327,38 @@ struct ListenCapabilities: AsyncParsableCommand {
 
 /// Flushes standard output so a reader on a pipe sees each line at once.
 func flushOutput() { fflush(nil) }
+
+struct BenchCalls: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench-calls",
+        abstract: "Time sequential ping calls (the native client of the benchmarks); prints JSON.")
+    @OptionGroup var conn: Connection
+    @Option(help: "Calls to time.") var count = 2000
+    @Option(help: "Calls before timing starts.") var warmup = 100
+    @Option(help: "Bytes of padding the reply carries.") var replyBytes = 0
+
+    func run() async throws {
+        guard count > 0 else { throw ValidationError("--count must be positive") }
+        let args: [String: JSONValue] = replyBytes > 0 ? ["reply_bytes": .int(Int64(replyBytes))] : [:]
+        try await conn.withClient { c, host in
+            for _ in 0..<warmup { _ = try await c.call(topic: "compute", server: host, method: "ping", args: args, timeout: conn.timeout) }
+            var samples: [Double] = []
+            samples.reserveCapacity(count)
+            let start = monotonicSeconds()
+            for _ in 0..<count {
+                let t = monotonicSeconds()
+                _ = try await c.call(topic: "compute", server: host, method: "ping", args: args, timeout: conn.timeout)
+                samples.append((monotonicSeconds() - t) * 1000)
+            }
+            let total = monotonicSeconds() - start
+            samples.sort()
+            func pct(_ p: Double) -> Double { samples[min(samples.count - 1, Int(Double(samples.count) * p))] }
+            let result: JSONValue = .object([
+                "count": .int(Int64(count)), "p50_ms": .double(pct(0.5)), "p99_ms": .double(pct(0.99)),
+                "min_ms": .double(samples.first!), "max_ms": .double(samples.last!),
+                "mean_ms": .double(samples.reduce(0, +) / Double(count)), "calls_per_s": .double(Double(count) / total),
+            ])
+            print(result.serialized())
+        }
+    }
+}

@@ -12,7 +12,10 @@
  *   name starting "fail-spawn"      spawn fails
  *   name starting "no-soft-reboot"  soft reboot fails (the agent must reboot hard)
  *   name starting "slow-spawn"      spawn sleeps spawn_sleep_ms (option, default 1000)
- * Options: state_file (required), vcpus (default 8), memory_mb (default 16384).
+ * Options: state_file (without it the domains live only in memory, for the scale
+ * benchmarks), seed_count (start with that many running domains, uuids
+ * 00000000-0000-4000-8000-<12-digit index>, 1 vcpu / 64 MB each), vcpus (default 8),
+ * memory_mb (default 16384).
  * Every spawn and destroy is also appended to <state_file>.calls ("spawn <uuid>"), so a
  * test can count how many times an operation really ran.
  */
@@ -44,6 +47,7 @@ typedef struct memhv {
 } memhv;
 
 static void load(memhv *m) {
+  if (!m->state_file[0]) return;
   m->count = 0;
   FILE *f = fopen(m->state_file, "r");
   if (!f) return;
@@ -55,6 +59,7 @@ static void load(memhv *m) {
 }
 
 static int save(memhv *m) {
+  if (!m->state_file[0]) return 0;
   char tmp[600];
   snprintf(tmp, sizeof tmp, "%s.tmp", m->state_file);
   FILE *f = fopen(tmp, "w");
@@ -69,6 +74,7 @@ static int save(memhv *m) {
 }
 
 static void log_call(memhv *m, const char *what, const char *uuid) {
+  if (!m->state_file[0]) return;
   char path[600];
   snprintf(path, sizeof path, "%s.calls", m->state_file);
   FILE *f = fopen(path, "a");
@@ -119,9 +125,9 @@ static ca_status m_init(const ca_host_api *host, void **state, ca_error *err) {
   memhv *m = calloc(1, sizeof *m);
   m->host = host;
   pthread_mutex_init(&m->lock, NULL);
+  (void)err;
   const char *sf = host->config_get(host->host_context, "state_file");
-  if (!sf) { free(m); return ca_error_set(err, CA_ERR_INVALID_ARGUMENT, "[memhv] state_file is required"); }
-  snprintf(m->state_file, sizeof m->state_file, "%s", sf);
+  if (sf) snprintf(m->state_file, sizeof m->state_file, "%s", sf);
   const char *v = host->config_get(host->host_context, "vcpus");
   m->vcpus = v ? atoi(v) : 8;
   v = host->config_get(host->host_context, "memory_mb");
@@ -129,6 +135,15 @@ static ca_status m_init(const ca_host_api *host, void **state, ca_error *err) {
   v = host->config_get(host->host_context, "spawn_sleep_ms");
   m->spawn_sleep_ms = v ? atoi(v) : 1000;
   m->doms = calloc(MAX_DOMAINS, sizeof(domain));
+  v = host->config_get(host->host_context, "seed_count");
+  for (int i = 0; v && i < atoi(v) && i < MAX_DOMAINS; i++) {
+    domain *d = &m->doms[m->count++];
+    snprintf(d->uuid, sizeof d->uuid, "00000000-0000-4000-8000-%012d", i);
+    snprintf(d->name, sizeof d->name, "seed-%d", i);
+    d->power = 1;
+    d->vcpus = 1;
+    d->memory_mb = 64;
+  }
   *state = m;
   return CA_OK;
 }

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Runs every benchmark scenario against compute-agent and the oslo.messaging anchor, side by
+# side on one loopback RabbitMQ, and writes Benchmarks/results/latest.{md,json}.
+#
+#   bash Benchmarks/run.sh              (CA_BENCH_REPS=N for more repetitions; default 3)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/install-deps.sh
+bash scripts/rabbitmq.sh start
+echo "== release build"
+swift build -c release 2>&1 | tail -2
+mkdir -p .build/bench
+gcc -O2 -Wall -o .build/bench/amqp_tool Benchmarks/amqp_tool.c -lrabbitmq
+gcc -O2 -Wall -shared -fPIC -o .build/bench/libcompute_hypervisor_memhv.so -ISources/PluginABI/include \
+    Tests/integration/plugins/memhv.c -lpthread
+export CA_BENCH_TOOL=$PWD/.build/bench/amqp_tool CA_BENCH_MEMHV=$PWD/.build/bench/libcompute_hypervisor_memhv.so
+python3 Benchmarks/bench.py
