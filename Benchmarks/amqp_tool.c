@@ -6,6 +6,10 @@
  *       and publishes <count> copies of the template, replacing the 32-character run
  *       "UNIQUEID0000000000000000000000000" with a distinct hex counter (the agent and
  *       oslo.messaging both drop repeated _unique_ids).
+ *   amqp_tool rtt <count>
+ *       the floor of any call's latency: publish a small message to a queue this same
+ *       connection consumes and wait for it, <count> times; prints p50/p99 in ms. A call
+ *       crosses the broker twice (request, reply), so its floor is about twice this.
  *   amqp_tool drain <queue> <count> <prefetch>
  *       the floor any consumer is measured against: basic.qos <prefetch>, consume, ack
  *       each message, nothing else; prints {"messages": n, "seconds": s, "per_s": r}.
@@ -113,10 +117,39 @@ static int drain(const char *queue, long count, int prefetch) {
   return 0;
 }
 
+static int cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return x < y ? -1 : x > y;
+}
+
+static int rtt(long count) {
+  amqp_connection_state_t c = connect_broker();
+  amqp_queue_declare_ok_t *q = amqp_queue_declare(c, 1, amqp_empty_bytes, 0, 0, 1, 1, amqp_empty_table);
+  die("queue.declare", amqp_get_rpc_reply(c));
+  amqp_bytes_t name = amqp_bytes_malloc_dup(q->queue);
+  amqp_basic_consume(c, 1, name, amqp_empty_bytes, 0, 1, 0, amqp_empty_table);
+  die("basic.consume", amqp_get_rpc_reply(c));
+  double *ms = malloc(sizeof(double) * (size_t)count);
+  for (long i = -100; i < count; i++) {
+    double t = now();
+    amqp_basic_publish(c, 1, amqp_empty_bytes, name, 0, 0, NULL, amqp_cstring_bytes("{\"ping\": 1}"));
+    amqp_envelope_t e;
+    amqp_maybe_release_buffers(c);
+    die("consume", amqp_consume_message(c, &e, NULL, 0));
+    amqp_destroy_envelope(&e);
+    if (i >= 0) ms[i] = (now() - t) * 1000;
+  }
+  qsort(ms, (size_t)count, sizeof(double), cmp_double);
+  printf("{\"count\": %ld, \"p50_ms\": %.4f, \"p99_ms\": %.4f}\n", count, ms[count / 2], ms[(long)(count * 0.99)]);
+  return 0;
+}
+
 int main(int argc, char **argv) {
+  if (argc == 3 && strcmp(argv[1], "rtt") == 0) return rtt(atol(argv[2]));
   if (argc == 5 && strcmp(argv[1], "publish") == 0) return publish(argv[2], atol(argv[3]), argv[4]);
   if (argc == 5 && strcmp(argv[1], "drain") == 0) return drain(argv[2], atol(argv[3]), atoi(argv[4]));
   fprintf(stderr, "usage: amqp_tool publish <routing_key> <count> <template_file>\n"
-                  "       amqp_tool drain <queue> <count> <prefetch>\n");
+                  "       amqp_tool drain <queue> <count> <prefetch>\n"
+                  "       amqp_tool rtt <count>\n");
   return 2;
 }

@@ -98,7 +98,7 @@ class Server:
         fields = {}
         for line in pathlib.Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
             k, _, v = line.partition(":")
-            if k in ("VmRSS", "VmHWM"):
+            if k in ("VmRSS", "VmHWM", "RssAnon"):
                 fields[k] = int(v.split()[0]) / 1024  # MiB
         return fields
 
@@ -188,11 +188,27 @@ def sequential_oslo_calls(host, n, reply_bytes=0):
     return percentile(samples, 0.5), percentile(samples, 0.99)
 
 
-def native_calls(host, n, reply_bytes=0):
+def native_calls(host, n, reply_bytes=0, concurrency=1):
     out = subprocess.run([str(CTL), "bench-calls", "--transport-url", URL, "--host", host, "--count", str(n),
-                          "--reply-bytes", str(reply_bytes)], capture_output=True, text=True, check=True).stdout
-    r = json.loads(out)
-    return r["p50_ms"], r["p99_ms"]
+                          "--reply-bytes", str(reply_bytes), "--concurrency", str(concurrency)],
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out)
+
+
+def broker_floor():
+    out = subprocess.run([str(TOOL), "rtt", str(CALLS_N)], capture_output=True, text=True, check=True, env=tool_env()).stdout
+    return json.loads(out)["p50_ms"]
+
+
+def memhv_plugin_dir():
+    plugins = WORK / f"plugins-{uuid.uuid4().hex[:6]}"
+    plugins.mkdir(mode=0o755)
+    shutil.copy(MEMHV, plugins / "libcompute_hypervisor_memhv.so")
+    for name in ["libcompute_image_file.so", "libcompute_network_noop.so"]:
+        shutil.copy(BUILD / name, plugins / name)
+    for f in plugins.iterdir():
+        f.chmod(0o755)
+    return plugins
 
 
 def concurrent_calls(host):
@@ -280,14 +296,7 @@ def heartbeat_punctuality():
             if service.get("host") == self.host:
                 beats.append(time.perf_counter())
 
-    plugins = WORK / f"plugins-{uuid.uuid4().hex[:6]}"
-    plugins.mkdir(mode=0o755)
-    shutil.copy(MEMHV, plugins / "libcompute_hypervisor_memhv.so")
-    for name in ["libcompute_image_file.so", "libcompute_network_noop.so"]:
-        shutil.copy(BUILD / name, plugins / name)
-    for f in plugins.iterdir():
-        f.chmod(0o755)
-    s = Server("agent", plugin_dir=plugins, extra="compute_driver = memhv\nreport_interval = 1",
+    s = Server("agent", plugin_dir=memhv_plugin_dir(), extra="compute_driver = memhv\nreport_interval = 1",
                sections={"memhv": {"spawn_sleep_ms": 5000}})
     srv = oslo_messaging.get_rpc_server(TRANSPORT, oslo_messaging.Target(topic="conductor", server="bench-conductor"),
                                         [Conductor(s.host)], executor="threading")
@@ -315,14 +324,7 @@ def heartbeat_punctuality():
 def scale(n):
     """An agent holding n instances on memhv (in memory): the periodic tasks' durations
     as the agent logs them, and its memory."""
-    plugins = WORK / f"plugins-{uuid.uuid4().hex[:6]}"
-    plugins.mkdir(mode=0o755)
-    shutil.copy(MEMHV, plugins / "libcompute_hypervisor_memhv.so")
-    for name in ["libcompute_image_file.so", "libcompute_network_noop.so"]:
-        shutil.copy(BUILD / name, plugins / name)
-    for f in plugins.iterdir():
-        f.chmod(0o755)
-    s = Server("agent", plugin_dir=plugins,
+    s = Server("agent", plugin_dir=memhv_plugin_dir(),
                extra=("compute_driver = memhv\ndebug = true\nsync_power_state_interval = 1\n"
                       "update_resources_interval = 1\nperiodic_interval = 1"),
                sections={"memhv": {"seed_count": n, "vcpus": 100000, "memory_mb": 100000000}})
@@ -399,16 +401,19 @@ def main():
             time.sleep(1.0)
             mem = s.status()
             add("idle_rss_mib", kind, mem["VmRSS"])
+            add("idle_private_mib", kind, mem["RssAnon"])
             p50, p99 = sequential_oslo_calls(s.host, CALLS_N)
             add("oslo_call_p50_ms", kind, p50)
             add("oslo_call_p99_ms", kind, p99)
             p50, p99 = sequential_oslo_calls(s.host, CALLS_N, reply_bytes=10240)
             add("oslo_call_10k_p50_ms", kind, p50)
             add("oslo_call_10k_p99_ms", kind, p99)
-            p50, p99 = native_calls(s.host, CALLS_N)
-            add("native_call_p50_ms", kind, p50)
-            add("native_call_p99_ms", kind, p99)
-            add("concurrent_calls_per_s", kind, concurrent_calls(s.host))
+            r = native_calls(s.host, CALLS_N)
+            add("native_call_p50_ms", kind, r["p50_ms"])
+            add("native_call_p99_ms", kind, r["p99_ms"])
+            add("concurrent_calls_per_s", kind, native_calls(s.host, THREADS * CALLS_PER_THREAD,
+                                                            concurrency=THREADS)["calls_per_s"])
+            add("concurrent_calls_python_client_per_s", kind, concurrent_calls(s.host))
             s.stop()
         for kind in order:
             log(f"rep {rep + 1}/{REPS}: {kind}: drain of {DRAIN_N} casts")
@@ -416,8 +421,14 @@ def main():
             add("drain_casts_per_s", kind, rate)
             add("after_drain_rss_mib", kind, mem["VmRSS"])
             add("after_drain_hwm_mib", kind, mem["VmHWM"])
-        log(f"rep {rep + 1}/{REPS}: bare librabbitmq consume+ack loop")
+        log(f"rep {rep + 1}/{REPS}: bare librabbitmq consume+ack loop, broker round trip, memhv idle memory")
         add("bare_loop_per_s", "agent", bare_drain())
+        add("broker_traversal_p50_ms", "agent", broker_floor())
+        s = Server("agent", plugin_dir=memhv_plugin_dir(), extra="compute_driver = memhv", sections={})
+        s.start()
+        time.sleep(1.0)
+        add("idle_rss_mib_memhv_plugin", "agent", s.status()["VmRSS"])
+        s.stop()
 
     log("heartbeat punctuality under load (agent)")
     hb = []
@@ -442,6 +453,7 @@ GOALS = {
     "native_call_p50_ms": ("≤ 0.25 ms", lambda a, b, r: a <= 0.25),
     "concurrent_calls_per_s": ("≥ 5× anchor", lambda a, b, r: a >= 5 * b),
     "idle_rss_mib": ("≤ 20 MiB", lambda a, b, r: a <= 20),
+    "idle_rss_mib_memhv_plugin": ("≤ 20 MiB", lambda a, b, r: a <= 20),
     "after_drain_rss_mib": ("≤ 40 MiB", lambda a, b, r: a <= 40),
     "after_drain_hwm_mib": ("≤ 40 MiB", lambda a, b, r: a <= 40),
     "startup_s": ("≤ 0.150 s", lambda a, b, r: a <= 0.150),

@@ -331,32 +331,45 @@ func flushOutput() { fflush(nil) }
 struct BenchCalls: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench-calls",
-        abstract: "Time sequential ping calls (the native client of the benchmarks); prints JSON.")
+        abstract: "Time ping calls (the native client of the benchmarks); prints JSON.")
     @OptionGroup var conn: Connection
-    @Option(help: "Calls to time.") var count = 2000
+    @Option(help: "Calls to time (in all).") var count = 2000
     @Option(help: "Calls before timing starts.") var warmup = 100
     @Option(help: "Bytes of padding the reply carries.") var replyBytes = 0
+    @Option(help: "Callers running at once, each making count/concurrency calls in sequence.") var concurrency = 1
 
     func run() async throws {
-        guard count > 0 else { throw ValidationError("--count must be positive") }
+        guard count > 0, concurrency > 0 else { throw ValidationError("--count and --concurrency must be positive") }
         let args: [String: JSONValue] = replyBytes > 0 ? ["reply_bytes": .int(Int64(replyBytes))] : [:]
+        let (count, concurrency, timeout, warmup) = (self.count, self.concurrency, conn.timeout, self.warmup)
         try await conn.withClient { c, host in
-            for _ in 0..<warmup { _ = try await c.call(topic: "compute", server: host, method: "ping", args: args, timeout: conn.timeout) }
-            var samples: [Double] = []
-            samples.reserveCapacity(count)
+            for _ in 0..<warmup { _ = try await c.call(topic: "compute", server: host, method: "ping", args: args, timeout: timeout) }
             let start = monotonicSeconds()
-            for _ in 0..<count {
-                let t = monotonicSeconds()
-                _ = try await c.call(topic: "compute", server: host, method: "ping", args: args, timeout: conn.timeout)
-                samples.append((monotonicSeconds() - t) * 1000)
+            var samples = try await withThrowingTaskGroup(of: [Double].self) { group in
+                for _ in 0..<concurrency {
+                    group.addTask {
+                        var mine: [Double] = []
+                        for _ in 0..<(count / concurrency) {
+                            let t = monotonicSeconds()
+                            _ = try await c.call(topic: "compute", server: host, method: "ping", args: args, timeout: timeout)
+                            mine.append((monotonicSeconds() - t) * 1000)
+                        }
+                        return mine
+                    }
+                }
+                var all: [Double] = []
+                for try await part in group { all += part }
+                return all
             }
             let total = monotonicSeconds() - start
             samples.sort()
             func pct(_ p: Double) -> Double { samples[min(samples.count - 1, Int(Double(samples.count) * p))] }
             let result: JSONValue = .object([
-                "count": .int(Int64(count)), "p50_ms": .double(pct(0.5)), "p99_ms": .double(pct(0.99)),
+                "count": .int(Int64(samples.count)), "concurrency": .int(Int64(concurrency)),
+                "p50_ms": .double(pct(0.5)), "p99_ms": .double(pct(0.99)),
                 "min_ms": .double(samples.first!), "max_ms": .double(samples.last!),
-                "mean_ms": .double(samples.reduce(0, +) / Double(count)), "calls_per_s": .double(Double(count) / total),
+                "mean_ms": .double(samples.reduce(0, +) / Double(samples.count)),
+                "calls_per_s": .double(Double(samples.count) / total),
             ])
             print(result.serialized())
         }

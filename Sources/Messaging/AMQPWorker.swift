@@ -145,6 +145,19 @@ public final class AMQPWorker: Sendable {
         return try result.get()
     }
 
+    /// Runs `body` on the connection thread without waiting for it (a reply, a cast on the
+    /// hot path: the caller saves a thread hop). `onFailure` hears why it did not happen,
+    /// on the connection thread; keep it short.
+    public func submit(_ body: @escaping @Sendable (AMQPConnection) throws(AMQPError) -> Void,
+                       onFailure: @escaping @Sendable (AMQPError) -> Void)
+    {
+        enqueue(Command(
+            run: { conn, _ in
+                do throws(AMQPError) { try body(conn) } catch { onFailure(error) }
+            },
+            fail: onFailure))
+    }
+
     /// Acknowledges a delivery (fire and forget). Ignored if the delivering connection is gone:
     /// the broker has already requeued the message.
     public func ack(_ delivery: AMQPDelivery) {

@@ -124,17 +124,17 @@ public final class RPCClient: Sendable {
                                                         message: "timeout")))
         }
         defer { timer.cancel() }
+        let expiration = String(Int(timeout * 1000))
         let outcome: Result<JSONValue, RemoteFailure> = await withCheckedContinuation { c in
             pending.register(id, c)
-            Task { [self] in
-                do {
-                    try await self.publish(exchange: exchange, type: "topic", routingKey: key, body: body,
-                                           expiration: String(Int(timeout * 1000)))
-                } catch {
-                    pending.complete(id, .failure(RemoteFailure(className: "AMQPError", module: "compute_agent.messaging",
-                                                                message: (error as? AMQPError)?.message ?? "\(error)")))
-                }
-            }
+            // Straight to the connection thread: the reply wakes this task, nothing else.
+            worker.submit({ conn throws(AMQPError) in
+                try conn.ensureExchange(exchange, type: "topic", durable: false, autoDelete: false)
+                try conn.publish(exchange: exchange, routingKey: key, body: body, mandatory: false, expiration: expiration)
+            }, onFailure: { error in
+                pending.complete(id, .failure(RemoteFailure(className: "AMQPError", module: "compute_agent.messaging",
+                                                            message: error.message)))
+            })
         }
         switch outcome {
         case .success(let v): return v

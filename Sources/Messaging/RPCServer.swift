@@ -84,7 +84,8 @@ public final class RPCServer: Sendable {
     private let endpoint: RPCEndpoint
     private let logger: Logger
     private let worker: AMQPWorker
-    private let deliveries: AsyncStream<AMQPDelivery>
+    private let dispatch = Mutex(DispatchState())
+    private let router: DeliveryRouter
     private let recentIDs = Mutex(RecentIDs(capacity: 64))
     private let ordering = KeyedFIFOLock()
 
@@ -96,8 +97,8 @@ public final class RPCServer: Sendable {
         self.logger = logger
         let fanoutQueue = "\(options.topic)_fanout_\(randomHex())"
         self.fanoutQueue = fanoutQueue
-        let (stream, continuation) = AsyncStream<AMQPDelivery>.makeStream(bufferingPolicy: .unbounded)
-        self.deliveries = stream
+        let router = DeliveryRouter()
+        self.router = router
         var wo = AMQPWorker.Options(url: options.url, connectionName: "compute-agent:rpc:\(options.host)",
                                     threadName: "amqp-rpc")
         wo.heartbeat = options.heartbeat
@@ -121,13 +122,14 @@ public final class RPCServer: Sendable {
                 try conn.consume(queue: options.hostQueue, consumerTag: "2")
                 try conn.consume(queue: fanoutQueue, consumerTag: "3")
             },
-            onDelivery: { continuation.yield($0) },
+            onDelivery: { router.server?.admit($0) },
             onEvent: { event in
                 if case .returned(let key, let text) = event {
                     log.warning("reply undeliverable: the caller's reply queue is gone", metadata: ["reply_q": "\(key)", "reason": "\(text)"])
                 }
                 onConnectionEvent(event)
             })
+        router.server = self
     }
 
     /// Connects (retrying until it succeeds) and returns once consuming.
@@ -143,35 +145,95 @@ public final class RPCServer: Sendable {
     /// messages not yet started go back to the broker.
     public func run() async {
         worker.start()
-        await withTaskGroup(of: Void.self) { group in
-            var running = 0
-            var iterator = deliveries.makeAsyncIterator()
-            while !Task.isCancelled {
-                if running >= options.prefetch {
-                    await group.next()
-                    running -= 1
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+                let stopNow = dispatch.withLock { d -> Bool in
+                    if !d.accepting { return true }
+                    d.cancelled = c
+                    return false
                 }
-                guard let delivery = await iterator.next(isolation: nil) else { break }
-                if Task.isCancelled {
-                    worker.reject(delivery, requeue: true)
-                    break
-                }
-                running += 1
-                // Parse here, in delivery order, so that tickets for one key are taken in
-                // the order the messages arrived.
-                let parsed = Self.parse(delivery)
-                let ticket = (try? parsed.get()).flatMap { endpoint.orderingKey(for: $0) }.map { ordering.ticket($0) }
-                group.addTask {
-                    if let ticket { await self.ordering.acquire(ticket) }
-                    await self.process(delivery, parsed)
-                    if let ticket { self.ordering.release(ticket) }
-                }
+                if stopNow { c.resume() }
             }
-            await group.waitForAll()
+        } onCancel: {
+            let c = dispatch.withLock { d -> CheckedContinuation<Void, Never>? in
+                d.accepting = false
+                defer { d.cancelled = nil }
+                return d.cancelled
+            }
+            c?.resume()
+        }
+        // Not accepting any more: what waits for a slot goes back to the broker.
+        let (waiting, idle) = dispatch.withLock { d -> ([Admitted], Bool) in
+            defer { d.pending = [] }
+            return (d.pending, d.running == 0)
+        }
+        for w in waiting {
+            if let t = w.ticket { ordering.release(t) }
+            worker.reject(w.delivery, requeue: true)
+        }
+        if !idle {
+            await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+                let done = dispatch.withLock { d -> Bool in
+                    if d.running == 0 { return true }
+                    d.drained = c
+                    return false
+                }
+                if done { c.resume() }
+            }
         }
         let q = fanoutQueue
         _ = try? await worker.perform { conn throws(AMQPError) in try conn.deleteQueue(q) }
         await worker.stop()
+    }
+
+    /// Called on the connection thread for each delivery, in delivery order: parses it,
+    /// takes its ordering ticket (so messages for one instance keep their order), and
+    /// starts its handler at once, or queues it while `prefetch` handlers run.
+    fileprivate func admit(_ delivery: AMQPDelivery) {
+        let parsed = Self.parse(delivery)
+        let ticket = (try? parsed.get()).flatMap { endpoint.orderingKey(for: $0) }.map { ordering.ticket($0) }
+        let item = Admitted(delivery: delivery, parsed: parsed, ticket: ticket)
+        enum Decision { case start, queued, refuse }
+        let decision = dispatch.withLock { d -> Decision in
+            if !d.accepting { return .refuse }
+            if d.running < options.prefetch {
+                d.running += 1
+                return .start
+            }
+            d.pending.append(item)
+            return .queued
+        }
+        switch decision {
+        case .start: launch(item)
+        case .queued: break
+        case .refuse:
+            if let ticket { ordering.release(ticket) }
+            worker.reject(delivery, requeue: true)
+        }
+    }
+
+    private func launch(_ item: Admitted) {
+        Task {
+            if let t = item.ticket { await self.ordering.acquire(t) }
+            await self.process(item.delivery, item.parsed)
+            if let t = item.ticket { self.ordering.release(t) }
+            self.handlerFinished()
+        }
+    }
+
+    /// A handler ended: start the next queued message, or give its slot back.
+    private func handlerFinished() {
+        let (next, drained) = dispatch.withLock { d -> (Admitted?, CheckedContinuation<Void, Never>?) in
+            if d.accepting, !d.pending.isEmpty { return (d.pending.removeFirst(), nil) }
+            d.running -= 1
+            if d.running == 0, let c = d.drained {
+                d.drained = nil
+                return (nil, c)
+            }
+            return (nil, nil)
+        }
+        if let next { launch(next) }
+        drained?.resume()
     }
 
     /// Stops the connection without the polite clean-up (tests, fatal errors).
@@ -233,13 +295,12 @@ public final class RPCServer: Sendable {
             case .success(let v): body = OsloMessage.replyBody(result: v, failure: nil, ending: true, messageID: id)
             case .failure(let f): body = OsloMessage.replyBody(result: .null, failure: f, ending: true, messageID: id)
             }
-            do {
-                try await worker.perform { conn throws(AMQPError) in
-                    try conn.publish(exchange: "", routingKey: q, body: body, mandatory: true, expiration: nil)
-                }
-            } catch {
-                logger.error("could not send the reply: \(error)", metadata: meta)
-            }
+            // Handed to the connection thread without waiting for it: the reply goes out as
+            // soon as that thread wakes, and this task does not pay for the hop back.
+            let log = logger, replyMeta = meta
+            worker.submit({ conn throws(AMQPError) in
+                try conn.publish(exchange: "", routingKey: q, body: body, mandatory: true, expiration: nil)
+            }, onFailure: { error in log.error("could not send the reply: \(error)", metadata: replyMeta) })
         } else {
             acknowledger.acknowledge()
         }
@@ -298,4 +359,28 @@ struct RecentIDs {
         next = (next + 1) % ring.count
         return true
     }
+}
+
+/// One delivery on its way to a handler.
+private struct Admitted: Sendable {
+    let delivery: AMQPDelivery
+    let parsed: Result<RPCRequest, MalformedMessage>
+    let ticket: KeyedFIFOLock.Ticket?
+}
+
+/// How many handlers run, which deliveries wait for a slot, and who waits for the end.
+private struct DispatchState {
+    var accepting = true
+    var running = 0
+    var pending: [Admitted] = []
+    var cancelled: CheckedContinuation<Void, Never>?
+    var drained: CheckedContinuation<Void, Never>?
+}
+
+/// Lets the connection thread's delivery callback reach the server, which does not exist
+/// yet when the callback is made.
+private final class DeliveryRouter: @unchecked Sendable {
+    // Safe: written once at the end of RPCServer.init, before `start()` starts the thread
+    // that reads it.
+    weak var server: RPCServer?
 }
