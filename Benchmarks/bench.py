@@ -325,8 +325,10 @@ def scale(n):
     """An agent holding n instances on memhv (in memory): the periodic tasks' durations
     as the agent logs them, and its memory."""
     s = Server("agent", plugin_dir=memhv_plugin_dir(),
+               # Staggered intervals, so that the tasks' timings are rarely of two tasks
+               # waiting for each other on the manager.
                extra=("compute_driver = memhv\ndebug = true\nsync_power_state_interval = 1\n"
-                      "update_resources_interval = 1\nperiodic_interval = 1"),
+                      "update_resources_interval = 1.5\nperiodic_interval = 1.7"),
                sections={"memhv": {"seed_count": n, "vcpus": 100000, "memory_mb": 100000000}})
     s.start()  # creates the store
     s.stop()
@@ -334,7 +336,7 @@ def scale(n):
     t0 = time.perf_counter()
     s.start()
     startup = time.perf_counter() - t0
-    time.sleep(6)
+    time.sleep(8)
     text = s.text()
     mem = s.status()
     s.stop()

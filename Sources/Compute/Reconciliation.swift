@@ -100,7 +100,7 @@ extension ComputeManager {
         let list = try await plugins.hypervisor.listInstances()
         var out: [String: (power: PowerState, name: String)] = [:]
         for d in list.arrayValue ?? [] {
-            guard let u = d["uuid"]?.stringValue?.lowercased() else { continue }
+            guard let u = Self.domainUUID(d) else { continue }
             out[u] = (d["power_state"]?.intValue.flatMap(PowerState.init(rawValue:)) ?? .noState, d["name"]?.stringValue ?? "")
         }
         return out
@@ -112,23 +112,49 @@ extension ComputeManager {
     /// task in progress. Returns how many instances it looked at.
     @discardableResult
     public func syncPowerStates() async -> Int {
-        let domains: [String: (power: PowerState, name: String)]
-        do { domains = try await hypervisorDomains() } catch {
+        let list: [JSONValue]
+        do { list = try await plugins.hypervisor.listInstances().arrayValue ?? [] } catch {
             logger.warning("sync_power_states: cannot list domains: \(error)")
             return 0
         }
-        var looked = 0
-        for uuid in Array(instances.keys) {
-            looked += 1
-            await reconcile(uuid, hypervisorPower: domains[uuid]?.power, reason: "during sync_power_states")
+        // One pass over the listing: most instances agree with their domain, which is
+        // decided synchronously; only the others go through the full rules below.
+        var differing: [(String, PowerState?)] = []
+        var seen = 0
+        var unmanaged: [String: String] = [:]
+        for d in list {
+            guard let uuid = Self.domainUUID(d) else { continue }
+            let power = d["power_state"]?.intValue.flatMap(PowerState.init(rawValue:)) ?? .noState
+            guard let r = instances[uuid] else {
+                unmanaged[uuid] = d["name"]?.stringValue ?? ""
+                continue
+            }
+            seen += 1
+            if !Self.inSync(r, hypervisorPower: power) { differing.append((uuid, power)) }
         }
-        for (uuid, d) in domains where instances[uuid] == nil && unmanagedDomains[uuid] == nil {
-            unmanagedDomains[uuid] = d.name
+        if seen < instances.count {
+            // Some records have no domain: find them (rare, so the set is built only now).
+            var listed = Set<String>(minimumCapacity: list.count)
+            for d in list { if let u = Self.domainUUID(d) { listed.insert(u) } }
+            for (uuid, r) in instances where !listed.contains(uuid) && !Self.inSync(r, hypervisorPower: nil) {
+                differing.append((uuid, nil))
+            }
+        }
+        for (uuid, power) in differing {
+            await reconcile(uuid, hypervisorPower: power, reason: "during sync_power_states")
+        }
+        for (uuid, name) in unmanaged where unmanagedDomains[uuid] == nil {
             logger.warning("the hypervisor runs a domain this agent does not manage; left untouched",
-                           metadata: ["domain_uuid": "\(uuid)", "domain_name": "\(d.name)"])
+                           metadata: ["domain_uuid": "\(uuid)", "domain_name": "\(name)"])
         }
-        for uuid in unmanagedDomains.keys where domains[uuid] == nil { unmanagedDomains[uuid] = nil }
-        return looked
+        unmanagedDomains = unmanaged
+        return instances.count
+    }
+
+    /// A domain's uuid from the plugin's listing, in the lower case the records use.
+    static func domainUUID(_ d: JSONValue) -> String? {
+        guard let raw = d["uuid"]?.stringValue else { return nil }
+        return raw.utf8.contains(where: { $0 >= 0x41 && $0 <= 0x5A }) ? raw.lowercased() : raw
     }
 
     /// A lifecycle event from the hypervisor plugin: check that instance now (its current
@@ -138,6 +164,19 @@ extension ComputeManager {
         guard instances[uuid] != nil else { return }
         let power = await currentPower(uuid)
         await reconcile(uuid, hypervisorPower: power == .noState ? nil : power, reason: "after a hypervisor event")
+    }
+
+    /// True when `reconcile` would change nothing: a task is running, the state is one the
+    /// rules leave alone, or the domain reports the recorded power state and no rule fires.
+    static func inSync(_ r: InstanceRecord, hypervisorPower power: PowerState?) -> Bool {
+        if r.taskState != nil || [.building, .deleted, .error].contains(r.vmState) { return true }
+        guard let power, power == r.powerState else { return false }
+        switch r.vmState {
+        case .active: return !(power == .shutdown || power == .crashed || power == .suspended)
+        case .stopped, .softDeleted: return power.isOff
+        case .paused: return !(power == .shutdown || power == .crashed)
+        default: return true
+        }
     }
 
     /// nova's `_sync_instance_power_state` for one instance, plus one rule of ours: a
@@ -249,7 +288,7 @@ extension ComputeManager {
         var hvVCPUs = 0, hvMem = 0
         if let list = try? await plugins.hypervisor.listInstances().arrayValue {
             for d in list {
-                guard let u = d["uuid"]?.stringValue?.lowercased(), instances[u] != nil else { continue }
+                guard let u = Self.domainUUID(d), instances[u] != nil else { continue }
                 let v = d["vcpus"]?.intValue ?? 0, m = d["memory_mb"]?.intValue ?? 0
                 hvVCPUs += v
                 hvMem += m
