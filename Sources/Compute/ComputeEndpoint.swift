@@ -138,7 +138,7 @@ extension ComputeManager {
     func availableResource() async -> JSONValue {
         if lastAudit == nil { await updateAvailableResource() }
         guard let a = lastAudit else { return .null }
-        let usage = ResourceTracker.usage(of: instances.values)
+        let usage = self.usage
         return .object([
             "vcpus": .int(Int64(a.totals.vcpus)), "memory_mb": .int(Int64(a.totals.memoryMB)), "local_gb": .int(Int64(a.totals.diskGB)),
             "vcpus_used": .int(Int64(usage.vcpus)), "memory_mb_used": .int(Int64(usage.memoryMB)), "local_gb_used": .int(Int64(usage.diskGB)),
@@ -163,7 +163,7 @@ extension ComputeManager {
             throw ComputeError(code: .hypervisorFailure, message: "the hypervisor has not reported its resources", kwargs: [:])
         }
         let hv = lastHostInfo
-        let usage = ResourceTracker.usage(of: instances.values)
+        let usage = self.usage
         let t = a.totals
         let domainType = hv["domain_type"]?.stringValue ?? "kvm"
         return .object([

@@ -49,7 +49,22 @@ public actor ComputeManager {
     let locks = KeyedFIFOLock()
     let builds: AsyncLimiter
 
-    var instances: [String: InstanceRecord] = [:]
+    var instances: [String: InstanceRecord] = [:] {
+        // No oldValue: Swift then mutates the dictionary in place (SE-0268).
+        didSet { recordsRevision &+= 1 }
+    }
+    /// Bumped on every change of `instances`; keys the cached usage.
+    var recordsRevision: UInt64 = 0
+    var cachedUsage: (revision: UInt64, usage: ResourceTracker.Usage)?
+
+    /// What the records hold (claims), recomputed only after a record changed: the
+    /// audit, the capabilities and every claim read it.
+    var usage: ResourceTracker.Usage {
+        if let c = cachedUsage, c.revision == recordsRevision { return c.usage }
+        let u = ResourceTracker.usage(of: instances.values)
+        cachedUsage = (recordsRevision, u)
+        return u
+    }
     /// The unfinished operation of each instance, by instance uuid.
     var openOperations: [String: StoredOperation] = [:]
     var tracker: ResourceTracker
@@ -140,7 +155,7 @@ public actor ComputeManager {
             if let existing = instances[uuid], existing.vmState != .deleted {
                 throw ComputeError(code: .exists, message: "Instance \(uuid) already exists.", kwargs: ["name": .string(uuid)])
             }
-            try tracker.check(spec.flavor, used: ResourceTracker.usage(of: instances.values))
+            try tracker.check(spec.flavor, used: usage)
             var r = InstanceRecord(uuid: uuid, name: spec.name, flavor: spec.flavor, imageRef: spec.imageRef,
                                    imageChecksum: spec.checksum, vifs: spec.vifs, vmState: .building, taskState: .spawning,
                                    powerState: .noState, diskPath: "\(instancesPath)/\(uuid)/disk")
@@ -165,7 +180,7 @@ public actor ComputeManager {
                                    kwargs: ["reason": "Unable to resize disk down."])
             }
             // The new flavor is claimed while the old one stays held (same-host resize).
-            try tracker.check(new, used: ResourceTracker.usage(of: instances.values))
+            try tracker.check(new, used: usage)
         }
         return record
     }

@@ -283,7 +283,7 @@ extension ComputeManager {
         let totals = ResourceTracker.Totals(vcpus: info["vcpus"]?.intValue ?? 0, memoryMB: info["memory_mb"]?.intValue ?? 0,
                                             diskGB: disk, diskFreeGB: free)
         tracker.totals = totals
-        let usage = ResourceTracker.usage(of: instances.values)
+        let usage = self.usage
         let limits = tracker.limits(totals)
         var hvVCPUs = 0, hvMem = 0
         if let list = try? await plugins.hypervisor.listInstances().arrayValue {

@@ -37,6 +37,15 @@ enum FileHandleStderr {
     }
 }
 
+// glibc gives every thread that allocates its own malloc arena; the plugin-call and
+// connection threads would each keep one, and a large plugin answer parsed on one of
+// them would stay in its arena. Two arenas keep the resident size near what is used.
+// (mallopt is not in Swift's Glibc module; M_ARENA_MAX is -8 in <malloc.h>.)
+if let sym = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "mallopt") {
+    typealias MallOpt = @convention(c) (Int32, Int32) -> Int32
+    _ = unsafeBitCast(sym, to: MallOpt.self)(-8, 2)
+}
+
 var configPath: String?
 var forceDebug = false
 var argv = CommandLine.arguments.dropFirst()
