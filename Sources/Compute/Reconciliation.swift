@@ -274,28 +274,39 @@ extension ComputeManager {
     /// One audit: the plugin's host figures, the instances file system and one list call.
     func audit() async {
         let started = monotonicSeconds()
+        // The three questions go out at once (each on its own plugin-call thread).
+        let hv = plugins.hypervisor
+        async let hostInfo = hv.hostInfo()
+        async let listing = hv.listInstances()
+        async let diskFigures = diskGB()
         let info: JSONValue
-        do { info = try await plugins.hypervisor.hostInfo() } catch {
+        do { info = try await hostInfo } catch {
             logger.warning("resource audit: the hypervisor did not report its resources: \(error)")
+            _ = try? await listing
+            _ = await diskFigures
             return
         }
-        let (disk, free) = await diskGB()
+        let (disk, free) = await diskFigures
         let totals = ResourceTracker.Totals(vcpus: info["vcpus"]?.intValue ?? 0, memoryMB: info["memory_mb"]?.intValue ?? 0,
                                             diskGB: disk, diskFreeGB: free)
         tracker.totals = totals
         let usage = self.usage
         let limits = tracker.limits(totals)
         var hvVCPUs = 0, hvMem = 0
-        if let list = try? await plugins.hypervisor.listInstances().arrayValue {
+        if let list = try? await listing.arrayValue {
             for d in list {
-                guard let u = Self.domainUUID(d), instances[u] != nil else { continue }
+                // One lookup, and only the fields needed (no copy of the whole record).
+                guard let u = Self.domainUUID(d), let i = instances.index(forKey: u) else { continue }
                 let v = d["vcpus"]?.intValue ?? 0, m = d["memory_mb"]?.intValue ?? 0
                 hvVCPUs += v
                 hvMem += m
-                if let r = instances[u], r.taskState == nil, r.vmState != .resized, v != r.vcpus || m != r.memoryMB {
+                let flavor = instances.values[i].flavor
+                if v != flavor.vcpus || m != flavor.memoryMB, instances.values[i].taskState == nil,
+                   instances.values[i].vmState != .resized
+                {
                     log(u).warning("the domain's size differs from the instance's flavor", metadata: [
-                        "domain_vcpus": "\(v)", "flavor_vcpus": "\(r.vcpus)", "domain_memory_mb": "\(m)",
-                        "flavor_memory_mb": "\(r.memoryMB)",
+                        "domain_vcpus": "\(v)", "flavor_vcpus": "\(flavor.vcpus)", "domain_memory_mb": "\(m)",
+                        "flavor_memory_mb": "\(flavor.memoryMB)",
                     ])
                 }
             }
