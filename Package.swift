@@ -34,13 +34,15 @@ let package = Package(
         .systemLibrary(name: "CLibvirt", pkgConfig: "libvirt",
                        providers: [.apt(["libvirt-dev"])]),
         .target(name: "PluginABI"),
+        .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd",
+                       providers: [.apt(["libsystemd-dev"])]),
         .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3",
                        providers: [.apt(["libsqlite3-dev"])]),
 
         // Agent modules
         .target(name: "JSON"),
         .target(name: "AgentSupport", dependencies: [
-            "JSON",
+            "JSON", "CSystemd",
             .product(name: "Logging", package: "swift-log"),
         ]),
         .target(name: "Messaging", dependencies: [

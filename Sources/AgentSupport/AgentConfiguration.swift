@@ -39,6 +39,7 @@ public struct AgentConfiguration: Sendable {
     public var softRebootTimeout: Double
     public var notificationDriver: String
     public var notificationTopic: String
+    public var gracefulShutdownTimeout: Double
     // [oslo_messaging_rabbit]
     public var heartbeatTimeoutThreshold: Int
     public var qosPrefetchCount: Int
@@ -68,6 +69,7 @@ public struct AgentConfiguration: Sendable {
             reservedHostMemoryMB: 512, reservedHostDiskMB: 0, maxConcurrentBuilds: 10,
             updateResourcesInterval: 60, syncPowerStateInterval: 600, reclaimInstanceInterval: 0,
             softRebootTimeout: 120, notificationDriver: "messagingv2", notificationTopic: "notifications",
+            gracefulShutdownTimeout: 60,
             heartbeatTimeoutThreshold: 60, qosPrefetchCount: 64, quorumQueues: false,
             transientQueuesTTL: 1800, durableQueues: false,
             pluginSections: [:], sourceFile: "<defaults>", optionLines: [:])
@@ -83,7 +85,7 @@ public struct AgentConfiguration: Sendable {
                     "ram_allocation_ratio", "disk_allocation_ratio", "reserved_host_memory_mb",
                     "reserved_host_disk_mb", "max_concurrent_builds", "update_resources_interval",
                     "sync_power_state_interval", "reclaim_instance_interval", "soft_reboot_timeout",
-                    "notification_driver", "notification_topic"],
+                    "notification_driver", "notification_topic", "graceful_shutdown_timeout"],
         "oslo_messaging_rabbit": ["heartbeat_timeout_threshold", "rabbit_qos_prefetch_count",
                                   "rabbit_quorum_queue", "rabbit_transient_queues_ttl",
                                   "amqp_durable_queues"],
@@ -131,6 +133,7 @@ public struct AgentConfiguration: Sendable {
         c.softRebootTimeout = try reader.seconds("DEFAULT", "soft_reboot_timeout", c.softRebootTimeout)
         c.notificationDriver = try reader.choice("DEFAULT", "notification_driver", c.notificationDriver, ["messagingv2", "noop"])
         c.notificationTopic = try reader.string("DEFAULT", "notification_topic", c.notificationTopic, nonEmpty: true)
+        c.gracefulShutdownTimeout = try reader.seconds("DEFAULT", "graceful_shutdown_timeout", c.gracefulShutdownTimeout)
 
         let r = "oslo_messaging_rabbit"
         c.heartbeatTimeoutThreshold = try reader.int(r, "heartbeat_timeout_threshold", c.heartbeatTimeoutThreshold, range: 0...3600)
@@ -158,6 +161,58 @@ public struct AgentConfiguration: Sendable {
         }
         c.optionLines.merge(reader.lines) { a, _ in a }
         return c
+    }
+
+    /// The options (as written in the file, `section.option` outside DEFAULT) whose values
+    /// differ between `self` and `other`, plugin sections included.
+    public func changedOptions(comparedTo other: AgentConfiguration) -> [String] {
+        let mine = optionValues(), theirs = other.optionValues()
+        var changed = Set(mine.keys).union(theirs.keys).filter { mine[$0] != theirs[$0] }
+        for name in Set(pluginSections.keys).union(other.pluginSections.keys)
+        where pluginSections[name] != other.pluginSections[name] {
+            changed.insert("[\(name)]")
+        }
+        return changed.sorted()
+    }
+
+    /// The options that a SIGHUP reload applies without a restart.
+    public static let liveOptions: Set<String> = [
+        "debug", "report_interval", "periodic_interval", "update_resources_interval", "sync_power_state_interval",
+        "reclaim_instance_interval",
+    ]
+
+    /// This configuration with the live options taken from `new`.
+    public func applyingLiveOptions(from new: AgentConfiguration) -> AgentConfiguration {
+        var c = self
+        c.debug = new.debug
+        c.reportInterval = new.reportInterval
+        c.periodicInterval = new.periodicInterval
+        c.updateResourcesInterval = new.updateResourcesInterval
+        c.syncPowerStateInterval = new.syncPowerStateInterval
+        c.reclaimInstanceInterval = new.reclaimInstanceInterval
+        return c
+    }
+
+    private func optionValues() -> [String: String] {
+        [
+            "host": host, "transport_url": transportURL, "control_exchange": controlExchange,
+            "report_interval": "\(reportInterval)", "periodic_interval": "\(periodicInterval)", "state_path": statePath,
+            "plugin_dir": pluginDir, "compute_driver": computeDriver, "image_fetcher": imageFetcher,
+            "network_plugin": networkPlugin, "debug": "\(debug)", "plugin_call_timeout": "\(pluginCallTimeout)",
+            "plugin_threads": "\(pluginThreads)", "rpc_response_timeout": "\(rpcResponseTimeout)",
+            "cpu_allocation_ratio": "\(cpuAllocationRatio)", "ram_allocation_ratio": "\(ramAllocationRatio)",
+            "disk_allocation_ratio": "\(diskAllocationRatio)", "reserved_host_memory_mb": "\(reservedHostMemoryMB)",
+            "reserved_host_disk_mb": "\(reservedHostDiskMB)", "max_concurrent_builds": "\(maxConcurrentBuilds)",
+            "update_resources_interval": "\(updateResourcesInterval)", "sync_power_state_interval": "\(syncPowerStateInterval)",
+            "reclaim_instance_interval": "\(reclaimInstanceInterval)", "soft_reboot_timeout": "\(softRebootTimeout)",
+            "notification_driver": notificationDriver, "notification_topic": notificationTopic,
+            "graceful_shutdown_timeout": "\(gracefulShutdownTimeout)",
+            "oslo_messaging_rabbit.heartbeat_timeout_threshold": "\(heartbeatTimeoutThreshold)",
+            "oslo_messaging_rabbit.rabbit_qos_prefetch_count": "\(qosPrefetchCount)",
+            "oslo_messaging_rabbit.rabbit_quorum_queue": "\(quorumQueues)",
+            "oslo_messaging_rabbit.rabbit_transient_queues_ttl": "\(transientQueuesTTL)",
+            "oslo_messaging_rabbit.amqp_durable_queues": "\(durableQueues)",
+        ]
     }
 
     /// A ConfigError located at an option of this configuration (for checks made after

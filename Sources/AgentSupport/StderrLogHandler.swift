@@ -12,12 +12,15 @@ import Glibc
 /// a single `write(2)` per line, so lines from different threads never interleave.
 public struct StderrLogHandler: LogHandler {
     public var metadata: Logger.Metadata = [:]
-    public var logLevel: Logger.Level
+    /// Shared by every handler (`LiveLogLevel`), so a reload changes it everywhere.
+    public var logLevel: Logger.Level {
+        get { LiveLogLevel.current }
+        set { LiveLogLevel.current = newValue }
+    }
     private let label: String
 
-    public init(label: String, level: Logger.Level = .info) {
+    public init(label: String) {
         self.label = label
-        self.logLevel = level
     }
 
     public subscript(metadataKey key: String) -> Logger.Metadata.Value? {

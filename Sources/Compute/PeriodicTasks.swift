@@ -57,6 +57,14 @@ public final class PeriodicTasks: Sendable {
 
     public var heartbeatsSent: Int { reportCount.withLock { $0 } }
 
+    private let lastReport = Mutex(monotonicSeconds())
+
+    /// Seconds since the heartbeat task last ran (sent or tried to send `report_state`).
+    public var secondsSinceHeartbeat: Double { monotonicSeconds() - lastReport.withLock { $0 } }
+
+    /// The current intervals.
+    public var currentIntervals: Intervals { intervals.withLock { $0 } }
+
     /// Runs both tasks until cancelled.
     public func run() async {
         let reportSchedule = PeriodicSchedule(interval: intervals.withLock { $0.report })
@@ -111,6 +119,7 @@ public final class PeriodicTasks: Sendable {
     }
 
     func reportState() async {
+        lastReport.withLock { $0 = monotonicSeconds() }
         let count = reportCount.withLock { c -> Int in
             c += 1
             return c

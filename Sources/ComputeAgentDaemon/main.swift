@@ -18,7 +18,7 @@ import Glibc
 /// 2 usage or configuration error.
 
 let usage = """
-    usage: compute-agent --config-file FILE [--debug]
+    usage: compute-agent --config-file FILE [--debug] [--log-target auto|journald|stderr]
            compute-agent --version
 
     Consumes compute RPC messages from RabbitMQ and manages this host's instances
@@ -48,6 +48,7 @@ if let sym = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "mallopt") {
 
 var configPath: String?
 var forceDebug = false
+var logTarget = "auto"
 var argv = CommandLine.arguments.dropFirst()
 while let a = argv.popFirst() {
     switch a {
@@ -55,6 +56,11 @@ while let a = argv.popFirst() {
         guard let p = argv.popFirst() else { fail(2, "--config-file needs a path\n\(usage)") }
         configPath = p
     case "--debug": forceDebug = true
+    case "--log-target":
+        guard let t = argv.popFirst(), ["auto", "journald", "stderr"].contains(t) else {
+            fail(2, "--log-target takes auto, journald or stderr\n\(usage)")
+        }
+        logTarget = t
     case "--version": print("compute-agent \(ComputeManager.agentVersion) (RPC API \(ComputeManager.apiVersion), plugin ABI 1.1)"); exit(0)
     case "--help", "-h": print(usage); exit(0)
     default: fail(2, "unknown argument '\(a)'\n\(usage)")
@@ -65,8 +71,14 @@ guard let configPath else { fail(2, "--config-file is required\n\(usage)") }
 let config: AgentConfiguration
 do { config = try AgentConfiguration.load(path: configPath) } catch { fail(2, "configuration error: \(error)") }
 
-let level: Logger.Level = (config.debug || forceDebug) ? .debug : .info
-LoggingSystem.bootstrap { label in StderrLogHandler(label: label, level: level) }
+LiveLogLevel.current = (config.debug || forceDebug) ? .debug : .info
+// Under systemd (its journal on our standard error) log natively to journald, with fields.
+let useJournal = logTarget == "journald" || (logTarget == "auto" && JournaldLogHandler.journalIsStandardError)
+if useJournal {
+    LoggingSystem.bootstrap { label in JournaldLogHandler(label: label) }
+} else {
+    LoggingSystem.bootstrap { label in StderrLogHandler(label: label) }
+}
 let logger: Logger = {
     var l = Logger(label: "compute-agent")
     l[metadataKey: "host"] = "\(config.host)"
@@ -134,6 +146,7 @@ func connectionLogger(_ lane: String) -> @Sendable (AMQPWorker.Event) -> Void {
             logger.info(generation == 1 ? "connected to broker" : "reconnected to broker",
                         metadata: ["lane": "\(lane)", "broker": "\(broker)"])
         case .connectionFailed(let reason, let attempt, let retryIn):
+            if lane == "rpc" { SystemdNotifier.status("reconnecting to broker (attempt \(attempt))") }
             logger.error("broker connection failed: \(reason)", metadata: [
                 "lane": "\(lane)", "attempt": "\(attempt)", "retry_in_s": "\(Int(retryIn * 10) / 10)",
             ])
@@ -174,6 +187,8 @@ struct RPCService: Service {
         logger.info("consuming", metadata: [
             "queues": "compute, compute.\(host), \(server.fanoutQueue)", "exchange": "\(server.options.exchange)",
         ])
+        // Plugins are loaded and the records recovered before this service starts.
+        SystemdNotifier.ready(status: "connected to \(url), consuming compute.\(host)")
         await cancelWhenGracefulShutdown { await server.run() }
         logger.info("RPC server stopped")
     }
@@ -203,10 +218,15 @@ logger.info("compute-agent starting", metadata: [
     "plugins": "\(plugins.infos.map { "\($0.kind.rawValue)=\($0.name) \($0.version)" }.joined(separator: ", "))",
 ])
 
+let signals = SignalHandling(configPath: configPath, config: config, forceDebug: forceDebug, periodic: periodic,
+                             logger: logger)
+signals.install()
+
 let group = ServiceGroup(configuration: .init(
     services: [
         .init(service: RPCService(server: server, logger: logger, url: url, host: config.host)),
         .init(service: PeriodicService(periodic: periodic, notifier: notifier, instanceNotifier: instanceNotifier)),
+        .init(service: SystemdService(server: server, periodic: periodic, manager: manager, url: url, logger: logger)),
     ],
     gracefulShutdownSignals: [.sigterm, .sigint],
     logger: logger))

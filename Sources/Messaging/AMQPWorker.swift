@@ -130,6 +130,12 @@ public final class AMQPWorker: Sendable {
 
     public var isConnected: Bool { state.withLock { $0.connected } }
 
+    private let loopTick = Mutex(monotonicSeconds())
+
+    /// Seconds since the connection thread last went round its loop (it does at least
+    /// once a second while connected: its poll times out after one). The watchdog reads it.
+    public var secondsSinceLoop: Double { monotonicSeconds() - loopTick.withLock { $0 } }
+
     /// Runs `body` on the connection thread with the live connection and returns its result.
     /// Fails if the connection breaks before or while it runs (the command is not retried:
     /// the caller decides whether a publish is worth retrying).
@@ -272,6 +278,7 @@ public final class AMQPWorker: Sendable {
     /// Serves a live connection until stop (returns) or an error (throws).
     private func serve(_ conn: AMQPConnection, generation: UInt64) throws(AMQPError) {
         while true {
+            loopTick.withLock { $0 = monotonicSeconds() }
             drainWakePipe()
             let (commands, stopping) = state.withLock { s -> ([Command], Bool) in
                 s.wakePending = false

@@ -140,6 +140,21 @@ public final class RPCServer: Sendable {
 
     public var isConnected: Bool { worker.isConnected }
 
+    /// How long messages have been waiting for a handler slot without any handler
+    /// finishing: 0 when nothing waits. A message loop wedged by handlers that never end
+    /// shows here (the watchdog stops answering for it). Also reports a connection thread
+    /// that stopped going round its loop while connected.
+    public var wedgedSeconds: Double {
+        let now = monotonicSeconds()
+        let (waiting, lastFinish) = dispatch.withLock { ($0.pending.count, $0.lastFinish) }
+        var wedged = waiting > 0 ? now - lastFinish : 0
+        if worker.isConnected { wedged = max(wedged, worker.secondsSinceLoop - 1) }
+        return wedged
+    }
+
+    /// Handlers running and messages waiting for a slot.
+    public var load: (running: Int, waiting: Int) { dispatch.withLock { ($0.running, $0.pending.count) } }
+
     /// Handles deliveries until the task is cancelled. Then stops taking new messages,
     /// lets running handlers finish, deletes the fanout queue and closes the connection;
     /// messages not yet started go back to the broker.
@@ -200,6 +215,7 @@ public final class RPCServer: Sendable {
                 d.running += 1
                 return .start
             }
+            if d.pending.isEmpty { d.lastFinish = monotonicSeconds() }
             d.pending.append(item)
             return .queued
         }
@@ -224,6 +240,7 @@ public final class RPCServer: Sendable {
     /// A handler ended: start the next queued message, or give its slot back.
     private func handlerFinished() {
         let (next, drained) = dispatch.withLock { d -> (Admitted?, CheckedContinuation<Void, Never>?) in
+            d.lastFinish = monotonicSeconds()
             if d.accepting, !d.pending.isEmpty { return (d.pending.removeFirst(), nil) }
             d.running -= 1
             if d.running == 0, let c = d.drained {
@@ -372,6 +389,8 @@ private struct Admitted: Sendable {
 private struct DispatchState {
     var accepting = true
     var running = 0
+    /// When a handler last finished (or the first message started waiting).
+    var lastFinish = monotonicSeconds()
     var pending: [Admitted] = []
     var cancelled: CheckedContinuation<Void, Never>?
     var drained: CheckedContinuation<Void, Never>?
