@@ -17,6 +17,7 @@ DEB_PACKAGES=(
   libvirt-daemon-driver-qemu
   libvirt-clients        # virsh, for looking at domains by hand
   qemu-utils             # qemu-img: blank qcow2 disks for tests
+  patchelf dpkg-dev      # packaging: the bundled Swift runtime's rpath, dpkg-deb
   iproute2 procps psmisc
 )
 if [ "${SKIP_QEMU:-0}" != 1 ]; then
