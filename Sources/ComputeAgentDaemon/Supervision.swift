@@ -15,7 +15,13 @@ import Glibc
 /// heartbeat task and the message loop are alive — and `STOPPING=1` when shutdown begins.
 /// (`READY=1` is sent by the RPC service once it consumes.)
 struct SystemdService: Service {
+    /// How many times in a row the RPC connection has failed to (re)connect; 0 once connected.
+    final class BrokerAttempts: Sendable {
+        let failed = Atomic<Int>(0)
+    }
+
     let server: RPCServer
+    let attempts: BrokerAttempts
     let periodic: PeriodicTasks
     let manager: ComputeManager
     let url: TransportURL
@@ -74,7 +80,11 @@ struct SystemdService: Service {
     private func statusLine() async -> String {
         let n = await manager.instanceCount
         let beat = Int(periodic.secondsSinceHeartbeat)
-        guard server.isConnected else { return "connecting to the broker at \(url); \(n) instances" }
+        guard server.isConnected else {
+            let failed = attempts.failed.load(ordering: .relaxed)
+            if failed > 0 { return "reconnecting to broker \(url) (attempt \(failed + 1)); \(n) instances" }
+            return "connecting to the broker at \(url); \(n) instances"
+        }
         return "connected to \(url), \(n) instances, last heartbeat \(beat) s ago"
     }
 }

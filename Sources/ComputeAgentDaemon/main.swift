@@ -5,6 +5,7 @@ import Logging
 import Messaging
 import PluginHost
 import ServiceLifecycle
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -138,15 +139,22 @@ Task {
     }
 }
 
+let brokerAttempts = SystemdService.BrokerAttempts()
+
 func connectionLogger(_ lane: String) -> @Sendable (AMQPWorker.Event) -> Void {
     let logger = logger
+    let attempts = brokerAttempts
     return { event in
         switch event {
         case .connected(let broker, let generation):
+            if lane == "rpc" { attempts.failed.store(0, ordering: .relaxed) }
             logger.info(generation == 1 ? "connected to broker" : "reconnected to broker",
                         metadata: ["lane": "\(lane)", "broker": "\(broker)"])
         case .connectionFailed(let reason, let attempt, let retryIn):
-            if lane == "rpc" { SystemdNotifier.status("reconnecting to broker (attempt \(attempt))") }
+            if lane == "rpc" {
+                attempts.failed.store(attempt, ordering: .relaxed)
+                SystemdNotifier.status("reconnecting to broker (attempt \(attempt + 1) in \(Int(retryIn * 10) / 10) s)")
+            }
             logger.error("broker connection failed: \(reason)", metadata: [
                 "lane": "\(lane)", "attempt": "\(attempt)", "retry_in_s": "\(Int(retryIn * 10) / 10)",
             ])
@@ -226,7 +234,7 @@ let group = ServiceGroup(configuration: .init(
     services: [
         .init(service: RPCService(server: server, logger: logger, url: url, host: config.host)),
         .init(service: PeriodicService(periodic: periodic, notifier: notifier, instanceNotifier: instanceNotifier)),
-        .init(service: SystemdService(server: server, periodic: periodic, manager: manager, url: url, logger: logger)),
+        .init(service: SystemdService(server: server, attempts: brokerAttempts, periodic: periodic, manager: manager, url: url, logger: logger)),
     ],
     gracefulShutdownSignals: [.sigterm, .sigint],
     logger: logger))

@@ -45,29 +45,27 @@ public final class AMQPConnection {
          connectionName: String) throws(AMQPError)
     {
         guard let conn = amqp_new_connection() else { throw AMQPError("out of memory creating an AMQP connection") }
+        // From here on every stored property is initialised, so a throw below still runs
+        // deinit, which destroys `conn`: destroying it here as well would free it twice.
         state = conn
         guard let socket = amqp_tcp_socket_new(conn) else {
-            amqp_destroy_connection(conn)
             throw AMQPError("cannot create a TCP socket")
         }
         var tv = timeval(tv_sec: Int(connectTimeout), tv_usec: Int((connectTimeout - Double(Int(connectTimeout))) * 1e6))
         let rc = amqp_socket_open_noblock(socket, broker.host, Int32(broker.port), &tv)
         if rc != AMQP_STATUS_OK.rawValue {
-            amqp_destroy_connection(conn)
             throw AMQPError("cannot connect to \(broker.host):\(broker.port): \(String(cString: amqp_error_string2(rc)))")
         }
         var err = [CChar](repeating: 0, count: 512)
         if ca_amqp_login(conn, virtualHost, 2047, 131072, Int32(heartbeat), broker.user, broker.password,
                          connectionName, &err, err.count) != 0
         {
-            amqp_destroy_connection(conn)
             throw AMQPError("\(broker.host):\(broker.port): \(String(nulTerminated: err))")
         }
         amqp_channel_open(conn, channel)
         let reply = amqp_get_rpc_reply(conn)
         if reply.reply_type != AMQP_RESPONSE_NORMAL {
             ca_amqp_describe_reply(reply, "channel.open", &err, err.count)
-            amqp_destroy_connection(conn)
             throw AMQPError(String(nulTerminated: err))
         }
         open = true

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import memhv_agent, new_instance, rpc_client
+from conftest import RABBIT_PASSWORD, memhv_agent, new_instance, rpc_client
 from test_crash_recovery import queue_depth
 
 
@@ -148,3 +148,75 @@ def test_sighup_applies_live_options_and_names_the_others(tmp_path, test_plugin_
     assert re.search(r"reload refused, the running configuration stays: .*report_interval: expected a number", a.text())
     assert a.proc.poll() is None
     a.stop()
+
+
+class Relay:
+    """A plain TCP relay from a loopback port to the real broker, which the test starts
+    late: until then the agent's connection attempts are refused."""
+
+    def __init__(self):
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        self.port = probe.getsockname()[1]
+        probe.close()
+        self.listener = None
+
+    def start(self):
+        import threading
+        self.listener = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import threading
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            broker = socket.create_connection(("127.0.0.1", 5672))
+            for a, b in ((client, broker), (broker, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src, dst):
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self):
+        if self.listener:
+            self.listener.close()
+
+
+def test_ready_only_once_the_broker_is_reachable(tmp_path, test_plugin_dir, notify, transport):
+    relay = Relay()
+    a = memhv_agent(tmp_path, test_plugin_dir)
+    a.conf.write_text(a.conf.read_text().replace("@127.0.0.1:5672/", f"@127.0.0.1:{relay.port}/"))
+    try:
+        a.start(wait_for="broker connection failed", env={"NOTIFY_SOCKET": notify.path})
+        status = notify.collect(12, until=lambda f: re.search(r"attempt [3-9]", f.get("STATUS", "")))
+        assert status, notify.messages
+        assert "READY" not in notify.keys(), "READY=1 before the broker was reachable"
+        assert any(re.match(r"reconnecting to broker rabbit://\S+ \(attempt \d+\); 0 instances", f.get("STATUS", ""))
+                   or re.match(r"reconnecting to broker \(attempt \d+ in [\d.]+ s\)", f.get("STATUS", ""))
+                   for _, f in notify.messages), notify.messages
+        assert not any(RABBIT_PASSWORD in f.get("STATUS", "") for _, f in notify.messages)
+        assert a.proc.poll() is None, "the agent gave up instead of retrying"
+
+        relay.start()
+        ready = notify.collect(30, until=lambda f: "READY" in f)
+        assert ready and "connected to rabbit://" in ready["STATUS"], notify.messages
+        assert rpc_client(transport, a.host).call({}, "ping")["pong"] is True
+        a.proc.send_signal(signal.SIGTERM)
+        assert a.proc.wait(20) == 0
+    finally:
+        a.stop()
+        relay.close()
