@@ -84,7 +84,7 @@ public actor ComputeManager {
 
     public nonisolated var host: String { settings.host }
     public var instancesPath: String { settings.statePath + "/instances" }
-    public var uptime: Double { monotonicSeconds() - startedAt }
+    public nonisolated var uptime: Double { monotonicSeconds() - startedAt }
     public var instanceCount: Int { instances.count }
 
     func log(_ uuid: String) -> Logger {

@@ -124,7 +124,7 @@ public final class PeriodicTasks: Sendable {
             c += 1
             return c
         }
-        let uptime = await manager.uptime
+        let uptime = manager.uptime
         let service: JSONValue = .object([
             "host": .string(host), "binary": "compute-agent", "topic": "compute",
             "report_count": .int(Int64(count)), "uptime": .int(Int64(uptime)),
