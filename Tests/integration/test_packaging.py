@@ -55,6 +55,11 @@ def test_package_contents(installed):
     for line in ["Type=notify", "WatchdogSec=", "Restart=on-failure", "ExecReload=/bin/kill -HUP $MAINPID",
                  "User=compute-agent", "ProtectSystem=strict", "ReadWritePaths=/var/lib/compute-agent"]:
         assert line in unit, line
+    if shutil.which("systemd-analyze"):
+        # systemd's own reading of the unit: unknown settings, bad values, a missing
+        # binary or group would be reported here.
+        verify = run("systemd-analyze", "verify", "/lib/systemd/system/compute-agent.service")
+        assert verify.returncode == 0 and not verify.stderr.strip(), verify.stderr
     st = os.stat("/var/lib/compute-agent")
     assert oct(st.st_mode & 0o777) == "0o750" and run("stat", "-c", "%U", "/var/lib/compute-agent").stdout.strip() == "compute-agent"
     assert run("id", "compute-agent").returncode == 0
