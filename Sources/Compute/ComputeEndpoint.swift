@@ -22,6 +22,8 @@ extension ComputeManager: RPCEndpoint {
 
     public nonisolated func supports(method: String) -> Bool { Self.methods.contains(method) }
 
+    public nonisolated func isReadOnly(method: String) -> Bool { Self.readMethods.contains(method) }
+
     /// Actions on one instance run one at a time in delivery order.
     public nonisolated func orderingKey(for request: RPCRequest) -> String? {
         guard InstanceAction.byMethod[request.method] != nil else { return nil }

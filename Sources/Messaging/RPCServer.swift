@@ -18,10 +18,15 @@ public protocol RPCEndpoint: Sendable {
     /// Requests with the same key are handled one at a time, in delivery order (the
     /// instance uuid for actions on an instance); nil means no ordering.
     func orderingKey(for request: RPCRequest) -> String?
+    /// Whether `method` only reads. A read that succeeds is logged at debug level, an
+    /// action at info: a control plane polling hundreds of reads a second must not push
+    /// the lines that matter past journald's rate limit.
+    func isReadOnly(method: String) -> Bool
 }
 
 extension RPCEndpoint {
     public func orderingKey(for request: RPCRequest) -> String? { nil }
+    public func isReadOnly(method: String) -> Bool { false }
 }
 
 /// Acks one delivered message at most once (a no-op for calls, already acked on receipt).
@@ -324,7 +329,8 @@ public final class RPCServer: Sendable {
         meta["duration_ms"] = "\(Self.millis(monotonicSeconds() - started))"
         meta["kind"] = request.isCall ? "call" : "cast"
         switch outcome {
-        case .success: logger.info("rpc handled", metadata: meta)
+        case .success:
+            logger.log(level: endpoint.isReadOnly(method: request.method) ? .debug : .info, "rpc handled", metadata: meta)
         case .failure(let f):
             meta["error"] = "\(f.className)"
             logger.warning("rpc failed: \(f.message)", metadata: meta)
