@@ -150,8 +150,9 @@ public final class AMQPConnection {
         declaredQueues.insert(queue)
     }
 
-    func ack(_ tag: UInt64) throws(AMQPError) {
-        let rc = amqp_basic_ack(state, channel, tag, 0)
+    /// `multiple` also acks every earlier unacked delivery of the channel.
+    func ack(_ tag: UInt64, multiple: Bool = false) throws(AMQPError) {
+        let rc = amqp_basic_ack(state, channel, tag, multiple ? 1 : 0)
         if rc != 0 { throw failed(AMQPError("basic.ack: \(String(cString: amqp_error_string2(rc)))")) }
     }
 

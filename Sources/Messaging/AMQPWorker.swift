@@ -38,9 +38,16 @@ public final class AMQPWorker: Sendable {
         }
     }
 
-    private struct Command: Sendable {
-        let run: @Sendable (AMQPConnection, UInt64) -> Void
-        let fail: @Sendable (AMQPError) -> Void
+    /// Work for the connection thread. Acks and rejects are data, not closures, so the
+    /// thread can coalesce the acks of one round (see `AckCoalescer`).
+    private enum Command: Sendable {
+        case run(@Sendable (AMQPConnection) -> Void, fail: @Sendable (AMQPError) -> Void)
+        case ack(tag: UInt64, generation: UInt64)
+        case reject(tag: UInt64, generation: UInt64, requeue: Bool)
+
+        func fail(_ error: AMQPError) {
+            if case .run(_, let fail) = self { fail(error) }
+        }
     }
 
     private struct State {
@@ -142,11 +149,9 @@ public final class AMQPWorker: Sendable {
     public func perform<T: Sendable>(_ body: @escaping @Sendable (AMQPConnection) throws(AMQPError) -> T) async throws(AMQPError) -> T {
         let result: Result<T, AMQPError> = await withCheckedContinuation { c in
             let once = ResumeOnce(c)
-            enqueue(Command(
-                run: { conn, _ in
-                    do throws(AMQPError) { once.resume(.success(try body(conn))) } catch { once.resume(.failure(error)); }
-                },
-                fail: { once.resume(.failure($0)) }))
+            enqueue(.run({ conn in
+                do throws(AMQPError) { once.resume(.success(try body(conn))) } catch { once.resume(.failure(error)); }
+            }, fail: { once.resume(.failure($0)) }))
         }
         return try result.get()
     }
@@ -157,28 +162,21 @@ public final class AMQPWorker: Sendable {
     public func submit(_ body: @escaping @Sendable (AMQPConnection) throws(AMQPError) -> Void,
                        onFailure: @escaping @Sendable (AMQPError) -> Void)
     {
-        enqueue(Command(
-            run: { conn, _ in
-                do throws(AMQPError) { try body(conn) } catch { onFailure(error) }
-            },
-            fail: onFailure))
+        enqueue(.run({ conn in
+            do throws(AMQPError) { try body(conn) } catch { onFailure(error) }
+        }, fail: onFailure))
     }
 
-    /// Acknowledges a delivery (fire and forget). Ignored if the delivering connection is gone:
-    /// the broker has already requeued the message.
+    /// Acknowledges a delivery (fire and forget; acks handed in together go out as one
+    /// frame where they can). Ignored if the delivering connection is gone: the broker has
+    /// already requeued the message.
     public func ack(_ delivery: AMQPDelivery) {
-        let tag = delivery.deliveryTag, gen = delivery.generation
-        enqueue(Command(run: { conn, current in
-            if current == gen { try? conn.ack(tag) }
-        }, fail: { _ in }))
+        enqueue(.ack(tag: delivery.deliveryTag, generation: delivery.generation))
     }
 
     /// Rejects a delivery; `requeue` puts it back for another consumer.
     public func reject(_ delivery: AMQPDelivery, requeue: Bool) {
-        let tag = delivery.deliveryTag, gen = delivery.generation
-        enqueue(Command(run: { conn, current in
-            if current == gen { try? conn.reject(tag, requeue: requeue) }
-        }, fail: { _ in }))
+        enqueue(.reject(tag: delivery.deliveryTag, generation: delivery.generation, requeue: requeue))
     }
 
     private func enqueue(_ command: Command) {
@@ -277,6 +275,8 @@ public final class AMQPWorker: Sendable {
 
     /// Serves a live connection until stop (returns) or an error (throws).
     private func serve(_ conn: AMQPConnection, generation: UInt64) throws(AMQPError) {
+        var acks = AckCoalescer()
+        var acked: [UInt64] = []
         while true {
             loopTick.withLock { $0 = monotonicSeconds() }
             drainWakePipe()
@@ -286,11 +286,27 @@ public final class AMQPWorker: Sendable {
                 return (s.commands, s.stopping)
             }
             for (i, c) in commands.enumerated() {
-                c.run(conn, generation)
+                switch c {
+                case .run(let body, _): body(conn)
+                case .ack(let tag, let gen): if gen == generation { acked.append(tag) }
+                case .reject(let tag, let gen, let requeue):
+                    if gen == generation {
+                        acks.rejected(tag)
+                        try? conn.reject(tag, requeue: requeue)
+                    }
+                }
                 if !conn.isHealthy {
                     for rest in commands[(i + 1)...] { rest.fail(AMQPError("connection lost")) }
                     throw conn.lastError ?? AMQPError("connection lost")
                 }
+            }
+            // Rejects went out above, before any multiple ack that spans their tags.
+            if !acked.isEmpty {
+                let frames = acks.flush(acked)
+                acked.removeAll(keepingCapacity: true)
+                if let upTo = frames.multipleUpTo { try? conn.ack(upTo, multiple: true) }
+                for tag in frames.singles { try? conn.ack(tag) }
+                if !conn.isHealthy { throw conn.lastError ?? AMQPError("connection lost") }
             }
             if stopping { return }
             if !conn.hasBufferedInput {
@@ -306,7 +322,9 @@ public final class AMQPWorker: Sendable {
             // come back to queued commands (acks, replies) regularly.
             for _ in 0..<256 {
                 switch try conn.readNonBlocking(generation: generation) {
-                case .delivery(let d): onDelivery(d)
+                case .delivery(let d):
+                    acks.delivered(d.deliveryTag)
+                    onDelivery(d)
                 case .returned(let key, let text): onEvent(.returned(routingKey: key, replyText: text))
                 case .nothing: break
                 }
