@@ -30,7 +30,12 @@ public struct JournaldLogHandler: LogHandler {
         set { LiveLogLevel.current = newValue }
     }
 
-    public init(label: String) {}
+    /// Adds metadata from the current task (the RPC request being handled) to each entry.
+    public var metadataProvider: Logger.MetadataProvider?
+
+    public init(label: String, metadataProvider: Logger.MetadataProvider? = nil) {
+        self.metadataProvider = metadataProvider
+    }
 
     public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
         get { metadata[key] }
@@ -43,6 +48,7 @@ public struct JournaldLogHandler: LogHandler {
 
     public func log(event: LogEvent) {
         var all = metadata
+        if let provided = metadataProvider?.get(), !provided.isEmpty { all.merge(provided) { _, new in new } }
         if let explicit = event.metadata { all.merge(explicit) { _, new in new } }
         if let error = event.error { all["error"] = "\(error)" }
         var fields: [String] = [

@@ -19,8 +19,12 @@ public struct StderrLogHandler: LogHandler {
     }
     private let label: String
 
-    public init(label: String) {
+    /// Adds metadata from the current task (the RPC request being handled) to each entry.
+    public var metadataProvider: Logger.MetadataProvider?
+
+    public init(label: String, metadataProvider: Logger.MetadataProvider? = nil) {
         self.label = label
+        self.metadataProvider = metadataProvider
     }
 
     public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
@@ -31,6 +35,7 @@ public struct StderrLogHandler: LogHandler {
     public func log(event: LogEvent) {
         let level = event.level, message = event.message
         var all = metadata
+        if let provided = metadataProvider?.get(), !provided.isEmpty { all.merge(provided) { _, new in new } }
         if let explicit = event.metadata { all.merge(explicit) { _, new in new } }
         if let error = event.error { all["error"] = "\(error)" }
         var out = StderrLogHandler.timestamp()

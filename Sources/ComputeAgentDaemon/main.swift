@@ -75,10 +75,13 @@ do { config = try AgentConfiguration.load(path: configPath) } catch { fail(2, "c
 LiveLogLevel.current = (config.debug || forceDebug) ? .debug : .info
 // Under systemd (its journal on our standard error) log natively to journald, with fields.
 let useJournal = logTarget == "journald" || (logTarget == "auto" && JournaldLogHandler.journalIsStandardError)
+// Every entry made while an RPC request is handled carries its request id and method.
 if useJournal {
-    LoggingSystem.bootstrap { label in JournaldLogHandler(label: label) }
+    LoggingSystem.bootstrap({ label, provider in JournaldLogHandler(label: label, metadataProvider: provider) },
+                            metadataProvider: RPCRequestContext.metadataProvider)
 } else {
-    LoggingSystem.bootstrap { label in StderrLogHandler(label: label) }
+    LoggingSystem.bootstrap({ label, provider in StderrLogHandler(label: label, metadataProvider: provider) },
+                            metadataProvider: RPCRequestContext.metadataProvider)
 }
 let logger: Logger = {
     var l = Logger(label: "compute-agent")

@@ -302,7 +302,10 @@ public final class RPCServer: Sendable {
             outcome = .failure(.noSuchMethod(request.method))
         } else {
             do {
-                outcome = .success(try await endpoint.handle(request, delivery: acknowledger))
+                let endpoint = self.endpoint
+                outcome = .success(try await RPCRequestContext.$metadata.withValue(meta) {
+                    try await endpoint.handle(request, delivery: acknowledger)
+                })
             } catch let e as RemoteFailureConvertible {
                 outcome = .failure(e.remoteFailure)
             } catch {
@@ -408,4 +411,14 @@ private final class DeliveryRouter: @unchecked Sendable {
     // Safe: written once at the end of RPCServer.init, before `start()` starts the thread
     // that reads it.
     weak var server: RPCServer?
+}
+
+/// What the RPC request being handled adds to every log entry made on its behalf: the
+/// server sets it around each handler, so a log line deep in the compute manager still
+/// carries `request_id` and `method` (journald: `REQUEST_ID`, `RPC_METHOD`).
+public enum RPCRequestContext {
+    @TaskLocal public static var metadata: Logger.Metadata = [:]
+
+    /// For `LoggingSystem.bootstrap(_:metadataProvider:)`.
+    public static let metadataProvider = Logger.MetadataProvider { metadata }
 }

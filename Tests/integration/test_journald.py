@@ -86,13 +86,17 @@ def test_a_build_tells_its_story_in_journal_fields(journal_agent, transport, tmp
     inst = new_instance(image_ref=image, image_checksum=checksum)
     u = inst["uuid"]
     c.call({"request_id": "req-journal-1"}, "build_and_run_instance", instance=inst)
-    j.collect(3, until=lambda e: e.get("RPC_METHOD") == "build_and_run_instance")
+    j.collect(3, until=lambda e: e.get("RPC_METHOD") == "build_and_run_instance" and e["MESSAGE"] == "rpc handled")
     story = [e for e in j.entries if e.get("INSTANCE_UUID") == u]
     messages = [e["MESSAGE"] for e in story]
     assert "building instance" in messages and "instance is active" in messages and "rpc handled" in messages
     handled = next(e for e in story if e["MESSAGE"] == "rpc handled")
     assert handled["RPC_METHOD"] == "build_and_run_instance" and handled["REQUEST_ID"] == "req-journal-1"
     assert handled["KIND"] == "call" and float(handled["DURATION_MS"]) > 0
+    # Lines logged deep in the compute manager carry the request as well.
+    for e in story:
+        if e["MESSAGE"] in ("building instance", "instance is active"):
+            assert e["REQUEST_ID"] == "req-journal-1" and e["RPC_METHOD"] == "build_and_run_instance", e
     for e in story:
         assert e["SYSLOG_IDENTIFIER"] == "compute-agent" and e["HOST"] == a.host
         assert e["PRIORITY"] in "234567" and e["CODE_FILE"].endswith(".swift") and int(e["CODE_LINE"]) > 0
