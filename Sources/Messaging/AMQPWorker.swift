@@ -300,7 +300,9 @@ public final class AMQPWorker: Sendable {
                     throw conn.lastError ?? AMQPError("connection lost")
                 }
             }
-            // Rejects went out above, before any multiple ack that spans their tags.
+            // Rejects went out above, before any multiple ack that spans their tags. A failed
+            // ack or reject is not lost: the connection keeps it as `lastError`, and the
+            // health check turns it into a reconnect (the broker then requeues).
             if !acked.isEmpty {
                 let frames = acks.flush(acked)
                 acked.removeAll(keepingCapacity: true)
