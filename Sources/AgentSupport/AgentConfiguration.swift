@@ -40,6 +40,11 @@ public struct AgentConfiguration: Sendable {
     public var notificationDriver: String
     public var notificationTopic: String
     public var gracefulShutdownTimeout: Double
+    /// `refuse` or `warn`: what to do when another agent already consumes `compute.<host>`.
+    public var hostConflict: String
+    /// Largest RPC message body taken in, and largest reply sent.
+    public var rpcMaxMessageBytes: Int
+    public var rpcMaxReplyBytes: Int
     // [oslo_messaging_rabbit]
     public var heartbeatTimeoutThreshold: Int
     public var qosPrefetchCount: Int
@@ -69,7 +74,8 @@ public struct AgentConfiguration: Sendable {
             reservedHostMemoryMB: 512, reservedHostDiskMB: 0, maxConcurrentBuilds: 10,
             updateResourcesInterval: 60, syncPowerStateInterval: 600, reclaimInstanceInterval: 0,
             softRebootTimeout: 120, notificationDriver: "messagingv2", notificationTopic: "notifications",
-            gracefulShutdownTimeout: 60,
+            gracefulShutdownTimeout: 60, hostConflict: "refuse",
+            rpcMaxMessageBytes: 8 << 20, rpcMaxReplyBytes: 8 << 20,
             heartbeatTimeoutThreshold: 60, qosPrefetchCount: 64, quorumQueues: false,
             transientQueuesTTL: 1800, durableQueues: false,
             pluginSections: [:], sourceFile: "<defaults>", optionLines: [:])
@@ -85,7 +91,8 @@ public struct AgentConfiguration: Sendable {
                     "ram_allocation_ratio", "disk_allocation_ratio", "reserved_host_memory_mb",
                     "reserved_host_disk_mb", "max_concurrent_builds", "update_resources_interval",
                     "sync_power_state_interval", "reclaim_instance_interval", "soft_reboot_timeout",
-                    "notification_driver", "notification_topic", "graceful_shutdown_timeout"],
+                    "notification_driver", "notification_topic", "graceful_shutdown_timeout",
+                    "host_conflict", "rpc_max_message_bytes", "rpc_max_reply_bytes"],
         "oslo_messaging_rabbit": ["heartbeat_timeout_threshold", "rabbit_qos_prefetch_count",
                                   "rabbit_quorum_queue", "rabbit_transient_queues_ttl",
                                   "amqp_durable_queues"],
@@ -106,7 +113,7 @@ public struct AgentConfiguration: Sendable {
         c.sourceFile = ini.path
         var reader = OptionReader(ini: ini)
 
-        c.host = try reader.string("DEFAULT", "host", c.host, nonEmpty: true)
+        c.host = try reader.hostName("DEFAULT", "host", c.host)
         c.transportURL = try reader.string("DEFAULT", "transport_url", c.transportURL, nonEmpty: true)
         c.controlExchange = try reader.string("DEFAULT", "control_exchange", c.controlExchange, nonEmpty: true)
         c.reportInterval = try reader.seconds("DEFAULT", "report_interval", c.reportInterval)
@@ -134,6 +141,9 @@ public struct AgentConfiguration: Sendable {
         c.notificationDriver = try reader.choice("DEFAULT", "notification_driver", c.notificationDriver, ["messagingv2", "noop"])
         c.notificationTopic = try reader.string("DEFAULT", "notification_topic", c.notificationTopic, nonEmpty: true)
         c.gracefulShutdownTimeout = try reader.seconds("DEFAULT", "graceful_shutdown_timeout", c.gracefulShutdownTimeout)
+        c.hostConflict = try reader.choice("DEFAULT", "host_conflict", c.hostConflict, ["refuse", "warn"])
+        c.rpcMaxMessageBytes = try reader.int("DEFAULT", "rpc_max_message_bytes", c.rpcMaxMessageBytes, range: 4096...(512 << 20))
+        c.rpcMaxReplyBytes = try reader.int("DEFAULT", "rpc_max_reply_bytes", c.rpcMaxReplyBytes, range: 4096...(512 << 20))
 
         let r = "oslo_messaging_rabbit"
         c.heartbeatTimeoutThreshold = try reader.int(r, "heartbeat_timeout_threshold", c.heartbeatTimeoutThreshold, range: 0...3600)
@@ -206,7 +216,8 @@ public struct AgentConfiguration: Sendable {
             "update_resources_interval": "\(updateResourcesInterval)", "sync_power_state_interval": "\(syncPowerStateInterval)",
             "reclaim_instance_interval": "\(reclaimInstanceInterval)", "soft_reboot_timeout": "\(softRebootTimeout)",
             "notification_driver": notificationDriver, "notification_topic": notificationTopic,
-            "graceful_shutdown_timeout": "\(gracefulShutdownTimeout)",
+            "graceful_shutdown_timeout": "\(gracefulShutdownTimeout)", "host_conflict": hostConflict,
+            "rpc_max_message_bytes": "\(rpcMaxMessageBytes)", "rpc_max_reply_bytes": "\(rpcMaxReplyBytes)",
             "oslo_messaging_rabbit.heartbeat_timeout_threshold": "\(heartbeatTimeoutThreshold)",
             "oslo_messaging_rabbit.rabbit_qos_prefetch_count": "\(qosPrefetchCount)",
             "oslo_messaging_rabbit.rabbit_quorum_queue": "\(quorumQueues)",
@@ -251,6 +262,16 @@ private struct OptionReader {
         return e.value
     }
 
+    /// The agent's `host`: it becomes the queue name `compute.<host>` and a routing key, so
+    /// AMQP wildcards (`*`, `#`), whitespace and control characters are refused (a `host = *`
+    /// would bind `compute.*` and take other hosts' messages), and so is a name the broker
+    /// cannot hold as a queue name (255 bytes with the `compute.` prefix).
+    mutating func hostName(_ s: String, _ o: String, _ d: String) throws(ConfigError) -> String {
+        guard let e = raw(s, o) else { return d }
+        if let problem = AgentConfiguration.hostNameProblem(e.value) { throw fail(s, o, e, problem) }
+        return e.value
+    }
+
     mutating func path(_ s: String, _ o: String, _ d: String) throws(ConfigError) -> String {
         guard let e = raw(s, o) else { return d }
         guard e.value.hasPrefix("/") else { throw fail(s, o, e, "must be an absolute path, got '\(e.value)'") }
@@ -277,14 +298,18 @@ private struct OptionReader {
 
     mutating func int(_ s: String, _ o: String, _ d: Int, range: ClosedRange<Int>) throws(ConfigError) -> Int {
         guard let e = raw(s, o) else { return d }
-        guard let v = Int(e.value) else { throw fail(s, o, e, "expected an integer, got '\(e.value)'") }
+        guard isDecimal(e.value, fraction: false), let v = Int(e.value) else {
+            throw fail(s, o, e, "expected a decimal integer such as 10, got '\(e.value)'")
+        }
         guard range.contains(v) else { throw fail(s, o, e, "\(v) is out of range \(range.lowerBound)...\(range.upperBound)") }
         return v
     }
 
     mutating func seconds(_ s: String, _ o: String, _ d: Double, allowZero: Bool = false) throws(ConfigError) -> Double {
         guard let e = raw(s, o) else { return d }
-        guard let v = Double(e.value), v.isFinite else { throw fail(s, o, e, "expected a number of seconds, got '\(e.value)'") }
+        guard isDecimal(e.value), let v = Double(e.value), v.isFinite else {
+            throw fail(s, o, e, "expected a decimal number of seconds such as 10 or 2.5, got '\(e.value)'")
+        }
         if allowZero && v == 0 { return 0 }
         guard v > 0 && v <= 86_400 * 30 else {
             throw fail(s, o, e, "\(e.value) s is out of range \(allowZero ? "[0" : "(0"), 2592000]")
@@ -294,7 +319,9 @@ private struct OptionReader {
 
     mutating func ratio(_ s: String, _ o: String, _ d: Double) throws(ConfigError) -> Double {
         guard let e = raw(s, o) else { return d }
-        guard let v = Double(e.value), v.isFinite else { throw fail(s, o, e, "expected a number, got '\(e.value)'") }
+        guard isDecimal(e.value), let v = Double(e.value), v.isFinite else {
+            throw fail(s, o, e, "expected a decimal number such as 1.5, got '\(e.value)'")
+        }
         guard v > 0 && v <= 1000 else { throw fail(s, o, e, "\(e.value) is out of range (0, 1000]") }
         return v
     }
@@ -305,6 +332,41 @@ private struct OptionReader {
             throw fail(s, o, e, "'\(e.value)' is not one of: \(allowed.joined(separator: ", "))")
         }
         return e.value
+    }
+}
+
+/// Plain decimal notation only: digits with an optional sign and (when `fraction`) one
+/// decimal point. Swift's own parsers would also take `0x10`, `1e3`, `nan` or `inf`.
+func isDecimal(_ text: String, fraction: Bool = true) -> Bool {
+    var digits = 0, points = 0
+    for (i, b) in text.utf8.enumerated() {
+        switch b {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): digits += 1
+        case UInt8(ascii: "."): points += 1
+        case UInt8(ascii: "-"), UInt8(ascii: "+"): if i != 0 { return false }
+        default: return false
+        }
+    }
+    return digits > 0 && points <= (fraction ? 1 : 0)
+}
+
+extension AgentConfiguration {
+    /// Why `name` cannot be this agent's `host`, or nil when it can.
+    public static func hostNameProblem(_ name: String) -> String? {
+        if name.isEmpty { return "must not be empty" }
+        let limit = 255 - "compute.".utf8.count
+        if name.utf8.count > limit {
+            return "is \(name.utf8.count) bytes; at most \(limit) (it becomes the queue name compute.<host>, 255 bytes at most)"
+        }
+        for u in name.unicodeScalars {
+            if u == "*" || u == "#" {
+                return "must not contain the AMQP wildcard '\(u)' (the queue compute.<host> is bound by that key)"
+            }
+            if u.properties.isWhitespace || u.value < 0x20 || u.value == 0x7F || (0x80...0x9F).contains(u.value) {
+                return "must not contain whitespace or control characters (U+\(String(u.value, radix: 16, uppercase: true)))"
+            }
+        }
+        return nil
     }
 }
 

@@ -44,9 +44,11 @@ public struct StderrLogHandler: LogHandler {
         out += " ["
         out += label
         out += "] "
-        out += message.description
+        // One entry is one line: a value that carries a newline and a fake timestamp (an
+        // instance name from a caller, a plugin's error text) must not forge a second entry.
+        out += LogEscaping.escaped(message.description)
         for key in all.keys.sorted() {
-            out += " \(key)=\(all[key]!)"
+            out += " \(LogEscaping.escaped(key))=\(LogEscaping.escaped("\(all[key]!)"))"
         }
         out += "\n"
         var bytes = Array(out.utf8)
@@ -76,5 +78,32 @@ public struct StderrLogHandler: LogHandler {
     static func timestamp() -> String {
         let t = Array(utcTimestamp())  // "2026-11-23 09:15:02.123456"
         return String(t[0..<10]) + "T" + String(t[11..<23]) + "Z"
+    }
+}
+
+/// Escapes what would let logged text break out of its line or fake terminal output.
+public enum LogEscaping {
+    /// `text` with control characters (C0, DEL, C1) and the Unicode line and paragraph
+    /// separators written as `\n`, `\r`, `\t` or `\u{XX}`. Text without any comes
+    /// back unchanged (no copy on the common path).
+    public static func escaped(_ text: String) -> String {
+        guard text.unicodeScalars.contains(where: needsEscape) else { return text }
+        var out = String.UnicodeScalarView()
+        for u in text.unicodeScalars {
+            guard needsEscape(u) else { out.append(u); continue }
+            let rep: String
+            switch u {
+            case "\n": rep = "\\n"
+            case "\r": rep = "\\r"
+            case "\t": rep = "\\t"
+            default: rep = "\\u{\(String(u.value, radix: 16, uppercase: true))}"
+            }
+            out.append(contentsOf: rep.unicodeScalars)
+        }
+        return String(out)
+    }
+
+    private static func needsEscape(_ u: Unicode.Scalar) -> Bool {
+        u.value < 0x20 || u.value == 0x7F || (0x80...0x9F).contains(u.value) || u.value == 0x2028 || u.value == 0x2029
     }
 }

@@ -100,6 +100,18 @@ for dir in [config.statePath, config.statePath + "/instances"] {
     }
 }
 
+// One agent per state_path, for the life of the process: a second one would split the work
+// and write the same journal.
+do { try StateLock.acquire(statePath: config.statePath) } catch {
+    logger.critical("refusing to start: \(error)")
+    fail(1, "\(error)")
+}
+
+// The file holds the broker password: others must not read it.
+if let warning = ConfigFilePermissions.warning(path: configPath, transportURL: url) {
+    logger.warning("\(warning)")
+}
+
 // Plugin events (libvirt lifecycle events) reach the manager through this stream once it exists.
 let (pluginEvents, pluginEventSink) = AsyncStream<(String, JSONValue)>.makeStream(bufferingPolicy: .bufferingNewest(10_000))
 let plugins: PluginSet
@@ -162,6 +174,14 @@ func connectionLogger(_ lane: String) -> @Sendable (AMQPWorker.Event) -> Void {
                 "lane": "\(lane)", "attempt": "\(attempt)", "retry_in_s": "\(Int(retryIn * 10) / 10)",
             ])
         case .returned: break
+        case .gaveUp(let reason):
+            // Retrying cannot help (a conflicting declare, access refused, the login refused
+            // again and again): say why and exit non-zero, so systemd shows the failure
+            // instead of an agent that loops for ever.
+            logger.critical("the broker refused the agent and retrying cannot help: \(reason)", metadata: ["lane": "\(lane)"])
+            SystemdNotifier.status("refused by the broker: \(reason)")
+            SystemdNotifier.stopping()
+            fail(1, "the broker refused the agent (\(lane) connection): \(reason)")
         }
     }
 }
@@ -172,11 +192,16 @@ serverOptions.heartbeat = config.heartbeatTimeoutThreshold
 serverOptions.durableQueues = config.durableQueues
 serverOptions.quorumQueues = config.quorumQueues
 serverOptions.transientQueuesTTL = config.transientQueuesTTL
+serverOptions.hostConflict = HostConflictPolicy(rawValue: config.hostConflict) ?? .refuse
+serverOptions.maxMessageBytes = config.rpcMaxMessageBytes
+serverOptions.maxReplyBytes = config.rpcMaxReplyBytes
 let server = RPCServer(options: serverOptions, endpoint: manager, logger: logger, onConnectionEvent: connectionLogger("rpc"))
 
 var notifierOptions = RPCClient.Options(url: url, exchange: config.controlExchange, acceptsReplies: false,
                                         connectionName: "compute-agent:notify:\(config.host)", threadName: "amqp-notify")
 notifierOptions.heartbeat = config.heartbeatTimeoutThreshold
+notifierOptions.durableQueues = config.durableQueues
+notifierOptions.quorumQueues = config.quorumQueues
 let notifier = RPCClient(options: notifierOptions, onConnectionEvent: connectionLogger("notify"))
 let periodic = PeriodicTasks(
     manager: manager, notifier: notifier, host: config.host,
@@ -185,7 +210,8 @@ let periodic = PeriodicTasks(
                      reclaim: config.reclaimInstanceInterval),
     logger: logger)
 
-/// The RPC server as a service: consumes until graceful shutdown.
+/// The RPC server as a service: consumes until graceful shutdown. A shutdown while the
+/// broker cannot be reached ends it at once (nothing runs yet).
 struct RPCService: Service {
     let server: RPCServer
     let logger: Logger
@@ -194,27 +220,35 @@ struct RPCService: Service {
 
     func run() async throws {
         logger.info("connecting to \(url)")
-        await server.start()
-        logger.info("consuming", metadata: [
-            "queues": "compute, compute.\(host), \(server.fanoutQueue)", "exchange": "\(server.options.exchange)",
-        ])
-        // Plugins are loaded and the records recovered before this service starts.
-        SystemdNotifier.ready(status: "connected to \(url), consuming compute.\(host)")
-        await cancelWhenGracefulShutdown { await server.run() }
+        await cancelWhenGracefulShutdown {
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask { await server.run() }
+                group.addTask {
+                    await server.waitUntilConnected()
+                    guard server.isConnected else { return }
+                    logger.info("consuming", metadata: [
+                        "queues": "compute, compute.\(host), \(server.fanoutQueue)", "exchange": "\(server.options.exchange)",
+                    ])
+                    // Plugins are loaded and the records recovered before this service starts.
+                    SystemdNotifier.ready(status: "connected to \(url), consuming compute.\(host)")
+                }
+            }
+        }
         logger.info("RPC server stopped")
     }
 }
 
 /// Heartbeats, capability updates, the audits and the instance notifications, on their
-/// own connection.
+/// own connection. A shutdown while it is still connecting ends it at once.
 struct PeriodicService: Service {
     let periodic: PeriodicTasks
     let notifier: RPCClient
     let instanceNotifier: InstanceNotifier
 
     func run() async throws {
-        await notifier.start()
         await cancelWhenGracefulShutdown {
+            await notifier.start()
+            if Task.isCancelled { return }
             await withTaskGroup(of: Void.self) { group in
                 group.addTask { await periodic.run() }
                 group.addTask { await instanceNotifier.run(client: notifier) }

@@ -1,6 +1,7 @@
 import AgentSupport
 import ArgumentParser
 import Messaging
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -29,27 +30,42 @@ struct Connection: ParsableArguments {
     var timeout: Double = 30
 
     func resolve() throws -> (url: TransportURL, exchange: String, host: String) {
+        let (url, exchange, host, _) = try resolveAll()
+        return (url, exchange, host)
+    }
+
+    /// The broker, exchange and host, plus the agent's configuration (for the queue flags,
+    /// which must match what the agent and every other service on the vhost declare).
+    func resolveAll() throws -> (url: TransportURL, exchange: String, host: String, config: AgentConfiguration) {
         var c = AgentConfiguration.defaults()
         if let configFile { c = try AgentConfiguration.load(path: configFile) }
         let url = try TransportURL(parsing: transportURL ?? c.transportURL)
-        return (url, c.controlExchange, host ?? c.host)
+        return (url, c.controlExchange, host ?? c.host, c)
     }
 
     /// Runs `body` with a started client; prints remote errors the way an operator wants them.
+    /// `--timeout` bounds the connection too: a closed port, a refused login or a broker
+    /// that never answers ends the command after that long with the reason.
     func withClient<T>(_ body: (RPCClient, String) async throws -> T) async throws -> T {
-        let (url, exchange, host) = try resolve()
-        let client = RPCClient(options: .init(url: url, exchange: exchange, acceptsReplies: true,
-                                              connectionName: "computectl", threadName: "computectl"))
-        let started = Task { await client.start() }
-        let connected = await withTaskGroup(of: Bool.self) { g in
-            g.addTask { await started.value; return true }
-            g.addTask { try? await Task.sleep(for: .seconds(timeout)); return false }
-            let first = await g.next()!
-            g.cancelAll()
-            return first
+        let (url, exchange, host, config) = try resolveAll()
+        var options = RPCClient.Options(url: url, exchange: exchange, acceptsReplies: true,
+                                        connectionName: "computectl", threadName: "computectl")
+        options.durableQueues = config.durableQueues
+        options.quorumQueues = config.quorumQueues
+        let lastFailure = LastFailure()
+        let client = RPCClient(options: options) { event in
+            if case .connectionFailed(let reason, _, _) = event { lastFailure.set(reason) }
+        }
+        // Unstructured on purpose: a task group would wait for the connect task it cannot
+        // cancel, so the timeout would not end the wait.
+        let connected = await withCheckedContinuation { (c: CheckedContinuation<Bool, Never>) in
+            let once = FirstAnswer(c)
+            Task { await client.start(); once.answer(true) }
+            Task { try? await Task.sleep(for: .milliseconds(Int(timeout * 1000))); once.answer(false) }
         }
         guard connected else {
-            throw ValidationError("cannot reach the broker at \(url) within \(timeout) s")
+            let why = lastFailure.get().map { ": \($0)" } ?? ""
+            throw CtlError("cannot reach the broker at \(url) within \(timeout) s\(why)")
         }
         defer { Task { await client.stop() } }
         do {
@@ -64,6 +80,26 @@ struct Connection: ParsableArguments {
             try await c.call(topic: "compute", server: host, method: method, args: args, timeout: timeout)
         }
     }
+}
+
+/// The first of two racing tasks answers; the other's answer is dropped.
+final class FirstAnswer: Sendable {
+    private let continuation: Mutex<CheckedContinuation<Bool, Never>?>
+    init(_ c: CheckedContinuation<Bool, Never>) { continuation = Mutex(c) }
+    func answer(_ value: Bool) {
+        let c = continuation.withLock { c -> CheckedContinuation<Bool, Never>? in
+            defer { c = nil }
+            return c
+        }
+        c?.resume(returning: value)
+    }
+}
+
+/// The last reason a connection attempt failed, for the timeout message.
+final class LastFailure: Sendable {
+    private let reason = Mutex<String?>(nil)
+    func set(_ r: String) { reason.withLock { $0 = r } }
+    func get() -> String? { reason.withLock { $0 } }
 }
 
 struct CtlError: Error, CustomStringConvertible {

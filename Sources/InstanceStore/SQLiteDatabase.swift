@@ -1,4 +1,7 @@
 import CSQLite
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// A failure of the instance store, with SQLite's own message and the file concerned.
 public struct StoreError: Error, CustomStringConvertible, Sendable {
@@ -20,6 +23,10 @@ final class SQLiteDatabase {
 
     init(path: String) throws(StoreError) {
         self.path = path
+        // The journal holds instance metadata and user data: owner only. SQLite gives its
+        // -wal and -shm files the database file's mode, so creating it 0600 covers them.
+        let created = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        if created >= 0 { _ = fchmod(created, 0o600); close(created) }
         let flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX
         let rc = sqlite3_open_v2(path, &db, flags, nil)
         guard rc == SQLITE_OK else {

@@ -9,8 +9,31 @@ import Glibc
 /// Why an AMQP operation failed. The text never contains a password.
 public struct AMQPError: Error, CustomStringConvertible, Sendable {
     public let message: String
-    public init(_ message: String) { self.message = message }
+    /// A refusal that a few retries may outlast but that is hopeless if it persists (another
+    /// agent consuming this host's queue). The worker gives up after several in a row.
+    public let isPersistentRefusal: Bool
+    public init(_ message: String, persistentRefusal: Bool = false) {
+        self.message = message
+        self.isPersistentRefusal = persistentRefusal
+    }
     public var description: String { message }
+
+    /// A refusal that retrying cannot fix: the broker closed the channel with 406
+    /// PRECONDITION_FAILED (a declare that conflicts with an existing exchange or queue,
+    /// e.g. `control_exchange = amq.direct` or a durability mismatch), or refused access
+    /// (403) or the virtual host (530).
+    /// A refused login is not hopeless by itself (a password being rotated): the worker
+    /// gives up after several in a row.
+    public var isHopeless: Bool {
+        if isLoginRefusal { return false }
+        return ["server closed channel: 406", "server closed channel: 403", "server closed connection: 403",
+         "server closed connection: 530"].contains { message.contains($0) }
+    }
+
+    /// The broker refused the login (wrong user or password, or no access to the vhost).
+    public var isLoginRefusal: Bool {
+        isPersistentRefusal || message.contains("login refused") || message.contains("login: server closed connection: 403")
+    }
 }
 
 /// One message taken from a queue.
@@ -52,6 +75,9 @@ public final class AMQPConnection {
             throw AMQPError("cannot create a TCP socket")
         }
         var tv = timeval(tv_sec: Int(connectTimeout), tv_usec: Int((connectTimeout - Double(Int(connectTimeout))) * 1e6))
+        // The handshake (login) is bounded like the TCP connect, so a broker that accepts
+        // the socket but never answers cannot hold the connection thread.
+        _ = amqp_set_handshake_timeout(conn, &tv)
         let rc = amqp_socket_open_noblock(socket, broker.host, Int32(broker.port), &tv)
         if rc != AMQP_STATUS_OK.rawValue {
             throw AMQPError("cannot connect to \(broker.host):\(broker.port): \(String(cString: amqp_error_string2(rc)))")
@@ -98,10 +124,14 @@ public final class AMQPConnection {
         declaredExchanges.insert(name)
     }
 
+    /// Declares a queue; returns how many consumers the broker already has on it.
+    @discardableResult
     public func declareQueue(_ name: String, durable: Bool, exclusive: Bool = false, autoDelete: Bool,
-                             expiresMs: Int64 = 0, quorum: Bool = false) throws(AMQPError)
+                             expiresMs: Int64 = 0, quorum: Bool = false) throws(AMQPError) -> Int
     {
-        try run { ca_amqp_queue_declare(state, channel, name, durable ? 1 : 0, exclusive ? 1 : 0, autoDelete ? 1 : 0, expiresMs, quorum ? 1 : 0, $0, $1) }
+        var consumers: UInt32 = 0
+        try run { ca_amqp_queue_declare(state, channel, name, durable ? 1 : 0, exclusive ? 1 : 0, autoDelete ? 1 : 0, expiresMs, quorum ? 1 : 0, &consumers, $0, $1) }
+        return Int(consumers)
     }
 
     public func bindQueue(_ queue: String, exchange: String, routingKey: String) throws(AMQPError) {
@@ -142,10 +172,11 @@ public final class AMQPConnection {
 
     /// Declares `queue` and binds it to `exchange` by its own name unless this connection
     /// already did (oslo's notifier creates its default queue this way, so notifications
-    /// wait for a listener that starts later).
-    public func ensureBoundQueue(_ queue: String, exchange: String) throws(AMQPError) {
+    /// wait for a listener that starts later). Its durability is the exchange's, and with
+    /// quorum queues it is a quorum queue, as oslo declares it.
+    public func ensureBoundQueue(_ queue: String, exchange: String, durable: Bool = false, quorum: Bool = false) throws(AMQPError) {
         if declaredQueues.contains(queue) { return }
-        try declareQueue(queue, durable: false, autoDelete: false)
+        try declareQueue(queue, durable: durable, autoDelete: false, quorum: quorum)
         try bindQueue(queue, exchange: exchange, routingKey: queue)
         declaredQueues.insert(queue)
     }

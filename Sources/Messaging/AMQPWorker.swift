@@ -1,4 +1,5 @@
 import AgentSupport
+import Dispatch
 import Synchronization
 
 #if canImport(Glibc)
@@ -21,6 +22,10 @@ public final class AMQPWorker: Sendable {
         case connected(broker: String, generation: UInt64)
         case connectionFailed(reason: String, attempt: Int, retryIn: Double)
         case returned(routingKey: String, replyText: String)
+        /// The broker refused something no retry can fix (a declare that conflicts with an
+        /// existing entity, access refused, the login refused again and again). The worker
+        /// has stopped; the owner should report it and exit.
+        case gaveUp(reason: String)
     }
 
     public struct Options: Sendable {
@@ -30,6 +35,11 @@ public final class AMQPWorker: Sendable {
         public var connectionName: String
         public var threadName: String
         public var maxBackoff: Double = 30
+        /// Consecutive refused logins after which the worker gives up (`.gaveUp`).
+        public var loginRefusalsBeforeGivingUp = 5
+        /// How long `stop()` waits for a connection thread caught in a blocking connect or
+        /// handshake before returning without it (the thread ends on its own soon after).
+        public var stopGrace: Double = 0.5
 
         public init(url: TransportURL, connectionName: String, threadName: String) {
             self.url = url
@@ -55,10 +65,10 @@ public final class AMQPWorker: Sendable {
         var stopping = false
         var wakePending = false
         var started = false
-        var stopped: [CheckedContinuation<Void, Never>] = []
+        var stopped: [(UInt64, CheckedContinuation<Void, Never>)] = []
         var finished = false
         var connected = false
-        var connectWaiters: [CheckedContinuation<Void, Never>] = []
+        var connectWaiters: [(UInt64, CheckedContinuation<Void, Never>)] = []
     }
 
     private let options: Options
@@ -109,29 +119,50 @@ public final class AMQPWorker: Sendable {
         startDedicatedThread(name: options.threadName) { [self] in threadMain() }
     }
 
-    /// Closes the connection politely and waits for the thread to end. Commands still
-    /// queued fail with "worker stopped".
+    /// Closes the connection politely and waits for the thread to end, but no longer than
+    /// `stopGrace` when the thread is caught in a blocking connect or handshake (it sees the
+    /// stop flag as soon as that returns). Commands still queued fail with "worker stopped".
     public func stop() async {
+        let id = UInt64.random(in: 0...UInt64.max)
         await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
             let done = state.withLock { s -> Bool in
                 if s.finished || !s.started { return true }
                 s.stopping = true
-                s.stopped.append(c)
+                s.stopped.append((id, c))
                 return false
             }
-            if done { c.resume() } else { wake() }
+            if done { c.resume(); return }
+            wake()
+            let grace = options.stopGrace
+            DispatchQueue.global().asyncAfter(deadline: .now() + grace) { [self] in
+                let late = state.withLock { s -> CheckedContinuation<Void, Never>? in
+                    guard let i = s.stopped.firstIndex(where: { $0.0 == id }) else { return nil }
+                    return s.stopped.remove(at: i).1
+                }
+                late?.resume()
+            }
         }
     }
 
-    /// Waits until the worker is connected (immediately if it is). Returns early if stopped.
+    /// Waits until the worker is connected (immediately if it is). Returns early if the
+    /// worker stops or the waiting task is cancelled.
     public func waitUntilConnected() async {
-        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-            let now = state.withLock { s -> Bool in
-                if s.connected || s.finished { return true }
-                s.connectWaiters.append(c)
-                return false
+        let id = UInt64.random(in: 0...UInt64.max)
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+                let now = state.withLock { s -> Bool in
+                    if s.connected || s.finished || Task.isCancelled { return true }
+                    s.connectWaiters.append((id, c))
+                    return false
+                }
+                if now { c.resume() }
             }
-            if now { c.resume() }
+        } onCancel: {
+            let c = state.withLock { s -> CheckedContinuation<Void, Never>? in
+                guard let i = s.connectWaiters.firstIndex(where: { $0.0 == id }) else { return nil }
+                return s.connectWaiters.remove(at: i).1
+            }
+            c?.resume()
         }
     }
 
@@ -207,6 +238,7 @@ public final class AMQPWorker: Sendable {
         var attempt = 0
         var brokerIndex = 0
         var generation: UInt64 = 0
+        var loginRefusals = 0
         let brokers = options.url.brokers
         while !state.withLock({ $0.stopping }) {
             let broker = brokers[brokerIndex % brokers.count]
@@ -222,10 +254,11 @@ public final class AMQPWorker: Sendable {
                 let waiters = state.withLock { s -> [CheckedContinuation<Void, Never>] in
                     s.connected = true
                     defer { s.connectWaiters = [] }
-                    return s.connectWaiters
+                    return s.connectWaiters.map(\.1)
                 }
                 onEvent(.connected(broker: "\(broker.host):\(broker.port)", generation: generation))
                 for w in waiters { w.resume() }
+                loginRefusals = 0
                 try serve(c, generation: generation)
                 break  // stopping: `c` closes politely when released
             } catch {
@@ -233,6 +266,13 @@ public final class AMQPWorker: Sendable {
                 conn = nil
                 state.withLock { $0.connected = false }
                 failQueued(error)
+                loginRefusals = error.isLoginRefusal ? loginRefusals + 1 : 0
+                if error.isHopeless || loginRefusals >= options.loginRefusalsBeforeGivingUp {
+                    let why = error.isHopeless ? error.message
+                        : "\(error.message) (\(loginRefusals) times in a row)"
+                    onEvent(.gaveUp(reason: why))
+                    break
+                }
                 attempt += 1
                 brokerIndex += 1
                 let base = min(options.maxBackoff, 0.5 * Double(1 << min(attempt, 10)))
@@ -246,7 +286,7 @@ public final class AMQPWorker: Sendable {
             s.finished = true
             s.connected = false
             defer { s.stopped = []; s.connectWaiters = [] }
-            return (s.stopped, s.connectWaiters)
+            return (s.stopped.map(\.1), s.connectWaiters.map(\.1))
         }
         failQueued(AMQPError("the AMQP connection worker is stopped"))
         for w in waiters { w.resume() }

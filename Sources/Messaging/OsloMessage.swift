@@ -41,7 +41,12 @@ public struct RPCRequest: Sendable {
 /// Why a message body could not be understood as an oslo.messaging RPC message.
 public struct MalformedMessage: Error, CustomStringConvertible, Sendable {
     public let reason: String
-    public init(_ reason: String) { self.reason = reason }
+    /// Refused for its size before it was parsed.
+    public let tooLarge: Bool
+    public init(_ reason: String, tooLarge: Bool = false) {
+        self.reason = reason
+        self.tooLarge = tooLarge
+    }
     public var description: String { reason }
 }
 
@@ -135,6 +140,30 @@ public enum OsloMessage {
 
     /// oslo.messaging's `version_is_compatible`: same major, requested minor (and
     /// revision) not above the served one.
+    /// Where to answer a call that is too large to parse: `_msg_id` and `_reply_q` found by
+    /// a byte scan (in the envelope they sit inside the escaped inner JSON string, as
+    /// `\"_reply_q\": \"reply_…\"`). Nil unless both are found and fit a routing key.
+    public static func callAddress(scanning body: [UInt8]) -> (messageID: String, replyQueue: String)? {
+        func value(after key: String) -> String? {
+            let k = Array(key.utf8)
+            guard k.count < body.count else { return nil }
+            var i = 0
+            search: while i + k.count <= body.count {
+                for j in 0..<k.count where body[i + j] != k[j] { i += 1; continue search }
+                var v = i + k.count
+                // Skip the key's closing quote (escaped or not), blanks and the colon.
+                while v < body.count, [UInt8(ascii: "\\"), UInt8(ascii: "\""), UInt8(ascii: " "), UInt8(ascii: ":")].contains(body[v]) { v += 1 }
+                var end = v
+                while end < body.count, body[end] != UInt8(ascii: "\""), body[end] != UInt8(ascii: "\\"), end - v <= 255 { end += 1 }
+                guard end > v, end - v <= 255 else { return nil }
+                return String(decoding: body[v..<end], as: UTF8.self)
+            }
+            return nil
+        }
+        guard let id = value(after: "_msg_id"), let q = value(after: "_reply_q") else { return nil }
+        return (id, q)
+    }
+
     public static func isCompatible(requested: String, served: String) -> Bool {
         func parts(_ v: String) -> [Int]? {
             let p = v.split(separator: ".", omittingEmptySubsequences: false).map { Int($0) }

@@ -20,6 +20,12 @@ public final class RPCClient: Sendable {
         public var acceptsReplies: Bool
         public var heartbeat: Int = 60
         public var transientQueuesTTL: Int = 1800
+        /// oslo's `amqp_durable_queues`: the control exchange and the notification queues
+        /// are declared durable. Must match what every other service on the vhost declares.
+        public var durableQueues = false
+        /// oslo's `rabbit_quorum_queue`: implies durable, and notification queues get
+        /// `x-queue-type: quorum`.
+        public var quorumQueues = false
         public var connectionName: String
         public var threadName: String
 
@@ -32,6 +38,9 @@ public final class RPCClient: Sendable {
             self.connectionName = connectionName
             self.threadName = threadName
         }
+
+        /// The durability oslo.messaging gives the control exchange and topic queues.
+        public var durable: Bool { durableQueues || quorumQueues }
     }
 
     public let options: Options
@@ -51,7 +60,7 @@ public final class RPCClient: Sendable {
         let w = AMQPWorker(
             options: wo,
             setup: { conn throws(AMQPError) in
-                try conn.declareExchange(options.exchange, type: "topic", durable: false, autoDelete: false)
+                try conn.declareExchange(options.exchange, type: "topic", durable: options.durable, autoDelete: false)
                 if options.acceptsReplies {
                     try conn.declareQueue(replyQueue, durable: false, autoDelete: false,
                                           expiresMs: Int64(options.transientQueuesTTL) * 1000)
@@ -116,7 +125,7 @@ public final class RPCClient: Sendable {
         let body = OsloMessage.requestBody(r)
         let key = server.map { "\(topic).\($0)" } ?? topic
         let pending = self.pending
-        let exchange = options.exchange
+        let exchange = options.exchange, durable = options.durable
         let timer = Task {
             try? await Task.sleep(for: .milliseconds(Int(timeout * 1000)))
             if Task.isCancelled { return }
@@ -129,7 +138,7 @@ public final class RPCClient: Sendable {
             pending.register(id, c)
             // Straight to the connection thread: the reply wakes this task, nothing else.
             worker.submit({ conn throws(AMQPError) in
-                try conn.ensureExchange(exchange, type: "topic", durable: false, autoDelete: false)
+                try conn.ensureExchange(exchange, type: "topic", durable: durable, autoDelete: false)
                 try conn.publish(exchange: exchange, routingKey: key, body: body, mandatory: false, expiration: expiration)
             }, onFailure: { error in
                 pending.complete(id, .failure(RemoteFailure(className: "AMQPError", module: "compute_agent.messaging",
@@ -162,16 +171,20 @@ public final class RPCClient: Sendable {
         for k in context.keys.sorted() { pairs.append(("_context_" + k, context[k]!)) }
         let body = OsloMessage.envelope(inner: JSONValue.orderedObject(pairs))
         let exchange = options.exchange, key = "\(topic).\(priority.lowercased())"
+        let durable = options.durable, quorum = options.quorumQueues
         try await worker.perform { conn throws(AMQPError) in
-            try conn.ensureExchange(exchange, type: "topic", durable: false, autoDelete: false)
-            try conn.ensureBoundQueue(key, exchange: exchange)
+            try conn.ensureExchange(exchange, type: "topic", durable: durable, autoDelete: false)
+            try conn.ensureBoundQueue(key, exchange: exchange, durable: durable, quorum: quorum)
             try conn.publish(exchange: exchange, routingKey: key, body: body, mandatory: false, expiration: nil)
         }
     }
 
     private func publish(exchange: String, type: String, routingKey: String, body: [UInt8], expiration: String?) async throws(AMQPError) {
+        // oslo: the control exchange follows amqp_durable_queues / rabbit_quorum_queue; a
+        // fanout exchange is never durable and always auto-delete.
+        let durable = type == "fanout" ? false : options.durable
         try await worker.perform { conn throws(AMQPError) in
-            try conn.ensureExchange(exchange, type: type, durable: false, autoDelete: type == "fanout")
+            try conn.ensureExchange(exchange, type: type, durable: durable, autoDelete: type == "fanout")
             try conn.publish(exchange: exchange, routingKey: routingKey, body: body, mandatory: false, expiration: expiration)
         }
     }

@@ -71,6 +71,15 @@ public final class RPCServer: Sendable {
         public var durableQueues = false
         public var quorumQueues = false
         public var transientQueuesTTL: Int = 1800
+        /// What to do when `<topic>.<host>` already has a consumer at the first connect:
+        /// another agent runs with the same `host`.
+        public var hostConflict: HostConflictPolicy = .refuse
+        /// Largest message body taken in; a bigger call gets a `MessageTooLarge` reply, a
+        /// bigger cast is logged and dropped.
+        public var maxMessageBytes = 8 << 20
+        /// Largest reply sent; a bigger result becomes a `ReplyTooLarge` failure reply, so
+        /// one huge answer cannot make the broker close the connection other replies share.
+        public var maxReplyBytes = 8 << 20
 
         public init(url: TransportURL, exchange: String, topic: String, host: String) {
             self.url = url
@@ -108,6 +117,7 @@ public final class RPCServer: Sendable {
                                     threadName: "amqp-rpc")
         wo.heartbeat = options.heartbeat
         let log = logger
+        let everConnected = ConnectedFlag()
         self.worker = AMQPWorker(
             options: wo,
             setup: { conn throws(AMQPError) in
@@ -116,7 +126,17 @@ public final class RPCServer: Sendable {
                 try conn.declareExchange(options.exchange, type: "topic", durable: durable, autoDelete: false)
                 try conn.declareQueue(options.topic, durable: durable, autoDelete: false, quorum: options.quorumQueues)
                 try conn.bindQueue(options.topic, exchange: options.exchange, routingKey: options.topic)
-                try conn.declareQueue(options.hostQueue, durable: durable, autoDelete: false, quorum: options.quorumQueues)
+                let others = try conn.declareQueue(options.hostQueue, durable: durable, autoDelete: false, quorum: options.quorumQueues)
+                // Someone already consumes this host's queue: another agent with the same
+                // `host` (on a reconnect it may be our own old connection that the broker has
+                // not yet timed out, so only the first connect is checked).
+                if others > 0 && !everConnected.value.load(ordering: .relaxed) {
+                    let what = "queue '\(options.hostQueue)' already has \(others) consumer(s): another agent with host = \(options.host) is running"
+                    if options.hostConflict == .refuse {
+                        throw AMQPError("\(what); refusing to share its work (host_conflict = refuse)", persistentRefusal: true)
+                    }
+                    log.critical("\(what); both will take its messages (host_conflict = warn)")
+                }
                 try conn.bindQueue(options.hostQueue, exchange: options.exchange, routingKey: options.hostQueue)
                 try conn.declareExchange(options.fanoutExchange, type: "fanout", durable: false, autoDelete: true)
                 try conn.declareQueue(fanoutQueue, durable: false, autoDelete: false,
@@ -129,6 +149,7 @@ public final class RPCServer: Sendable {
             },
             onDelivery: { router.server?.admit($0) },
             onEvent: { event in
+                if case .connected = event { everConnected.value.store(true, ordering: .relaxed) }
                 if case .returned(let key, let text) = event {
                     log.warning("reply undeliverable: the caller's reply queue is gone", metadata: ["reply_q": "\(key)", "reason": "\(text)"])
                 }
@@ -144,6 +165,9 @@ public final class RPCServer: Sendable {
     }
 
     public var isConnected: Bool { worker.isConnected }
+
+    /// Returns once connected and consuming, or when the server stops or the task is cancelled.
+    public func waitUntilConnected() async { await worker.waitUntilConnected() }
 
     /// How long messages have been waiting for a handler slot without any handler
     /// finishing: 0 when nothing waits. A message loop wedged by handlers that never end
@@ -201,8 +225,12 @@ public final class RPCServer: Sendable {
                 if done { c.resume() }
             }
         }
-        let q = fanoutQueue
-        _ = try? await worker.perform { conn throws(AMQPError) in try conn.deleteQueue(q) }
+        // oslo deletes its fanout queue on a clean stop; with no connection there is nothing
+        // to wait for (the queue expires by its x-expires).
+        if worker.isConnected {
+            let q = fanoutQueue
+            _ = try? await worker.perform { conn throws(AMQPError) in try conn.deleteQueue(q) }
+        }
         await worker.stop()
     }
 
@@ -210,7 +238,7 @@ public final class RPCServer: Sendable {
     /// takes its ordering ticket (so messages for one instance keep their order), and
     /// starts its handler at once, or queues it while `prefetch` handlers run.
     fileprivate func admit(_ delivery: AMQPDelivery) {
-        let parsed = Self.parse(delivery)
+        let parsed = parse(delivery)
         let ticket = (try? parsed.get()).flatMap { endpoint.orderingKey(for: $0) }.map { ordering.ticket($0) }
         let item = Admitted(delivery: delivery, parsed: parsed, ticket: ticket)
         enum Decision { case start, queued, refuse }
@@ -263,7 +291,11 @@ public final class RPCServer: Sendable {
 
     // MARK: - One message
 
-    private static func parse(_ delivery: AMQPDelivery) -> Result<RPCRequest, MalformedMessage> {
+    private func parse(_ delivery: AMQPDelivery) -> Result<RPCRequest, MalformedMessage> {
+        if delivery.body.count > options.maxMessageBytes {
+            return .failure(MalformedMessage("message of \(delivery.body.count) bytes is over max_message_bytes (\(options.maxMessageBytes))",
+                                             tooLarge: true))
+        }
         do throws(MalformedMessage) {
             return .success(try OsloMessage.request(from: OsloMessage.unwrap(body: delivery.body)))
         } catch { return .failure(error) }
@@ -275,9 +307,26 @@ public final class RPCServer: Sendable {
         switch parsed {
         case .success(let r): request = r
         case .failure(let error):
+            if error.tooLarge, let address = OsloMessage.callAddress(scanning: delivery.body) {
+                // Too big to take in, but the caller can still hear why.
+                logger.error("refused oversized call: \(error.reason)", metadata: ["routing_key": "\(delivery.routingKey)"])
+                worker.ack(delivery)
+                let failure = RemoteFailure(className: "MessageTooLarge", module: "compute_agent.exception", message: error.reason)
+                sendReply(OsloMessage.replyBody(result: .null, failure: failure, ending: true, messageID: address.messageID),
+                          to: address.replyQueue, uniqueID: nil, meta: [:])
+                return
+            }
             // Nobody can be answered: log why and drop the message so it cannot loop.
             logger.error("dropped malformed message: \(error.reason)",
                          metadata: ["routing_key": "\(delivery.routingKey)", "bytes": "\(delivery.body.count)"])
+            worker.ack(delivery)
+            return
+        }
+        if let q = request.replyQueue, let problem = Self.replyQueueProblem(q) {
+            // A reply to it would make the broker close the channel and take every other
+            // caller's reply on this connection with it.
+            logger.error("dropped call: its _reply_q \(problem)",
+                         metadata: ["method": "\(LogEscaping.escaped(request.method))", "routing_key": "\(delivery.routingKey)"])
             worker.ack(delivery)
             return
         }
@@ -315,17 +364,18 @@ public final class RPCServer: Sendable {
         }
         monitor?.cancel()
         if request.isCall, let id = request.messageID, let q = request.replyQueue {
-            let body: [UInt8]
+            var body: [UInt8]
             switch outcome {
             case .success(let v): body = OsloMessage.replyBody(result: v, failure: nil, ending: true, messageID: id)
             case .failure(let f): body = OsloMessage.replyBody(result: .null, failure: f, ending: true, messageID: id)
             }
-            // Handed to the connection thread without waiting for it: the reply goes out as
-            // soon as that thread wakes, and this task does not pay for the hop back.
-            let log = logger, replyMeta = meta
-            worker.submit({ conn throws(AMQPError) in
-                try conn.publish(exchange: "", routingKey: q, body: body, mandatory: true, expiration: nil)
-            }, onFailure: { error in log.error("could not send the reply: \(error)", metadata: replyMeta) })
+            if body.count > options.maxReplyBytes {
+                let f = RemoteFailure(className: "ReplyTooLarge", module: "compute_agent.exception",
+                                      message: "the reply to \(request.method) is \(body.count) bytes, over max_reply_bytes (\(options.maxReplyBytes))")
+                logger.error("\(f.message): sent an error reply instead", metadata: meta)
+                body = OsloMessage.replyBody(result: .null, failure: f, ending: true, messageID: id)
+            }
+            sendReply(body, to: q, uniqueID: request.uniqueID, meta: meta)
         } else {
             acknowledger.acknowledge()
         }
@@ -338,6 +388,31 @@ public final class RPCServer: Sendable {
             meta["error"] = "\(f.className)"
             logger.warning("rpc failed: \(f.message)", metadata: meta)
         }
+    }
+
+    /// Hands a reply to the connection thread without waiting for it (this task does not pay
+    /// for the hop back). If it cannot be sent (the connection broke), the call's unique id
+    /// is forgotten: the broker redelivers the call, and the redelivery must be answered,
+    /// not dropped as a duplicate.
+    private func sendReply(_ body: [UInt8], to queue: String, uniqueID: String?, meta: Logger.Metadata) {
+        let log = logger
+        let recent = RecentIDsBox(self)
+        worker.submit({ conn throws(AMQPError) in
+            try conn.publish(exchange: "", routingKey: queue, body: body, mandatory: true, expiration: nil)
+        }, onFailure: { error in
+            log.error("could not send the reply: \(error)", metadata: meta)
+            if let uniqueID { recent.forget(uniqueID) }
+        })
+    }
+
+    fileprivate func forgetUniqueID(_ id: String) { recentIDs.withLock { $0.remove(id) } }
+
+    /// Why `queue` cannot be replied to (the broker takes routing keys up to 255 bytes),
+    /// or nil.
+    static func replyQueueProblem(_ queue: String) -> String? {
+        if queue.isEmpty { return "is empty" }
+        if queue.utf8.count > 255 { return "is \(queue.utf8.count) bytes, over AMQP's 255" }
+        return nil
     }
 
     /// Sends `ending: false` replies every half of the caller's `_timeout` while a call
@@ -367,6 +442,20 @@ public final class RPCServer: Sendable {
     }
 }
 
+/// What an agent does when another already consumes its host queue.
+public enum HostConflictPolicy: String, Sendable {
+    /// Retry a few times (the other may be our own predecessor the broker has not yet let
+    /// go), then give up: the agent exits non-zero.
+    case refuse
+    /// Log it loudly and consume anyway.
+    case warn
+}
+
+/// Whether a server has connected once (read on its connection thread).
+private final class ConnectedFlag: Sendable {
+    let value = Atomic<Bool>(false)
+}
+
 /// The last N message ids seen, for duplicate detection.
 struct RecentIDs {
     private var ring: [String]
@@ -385,6 +474,16 @@ struct RecentIDs {
         next = (next + 1) % ring.count
         return true
     }
+
+    /// Forgets `id` (its ring slot is reused in turn).
+    mutating func remove(_ id: String) { set.remove(id) }
+}
+
+/// Lets a reply's failure callback (on the connection thread) reach the server weakly.
+private struct RecentIDsBox: Sendable {
+    weak var server: RPCServer?
+    init(_ server: RPCServer) { self.server = server }
+    func forget(_ id: String) { server?.forgetUniqueID(id) }
 }
 
 /// One delivery on its way to a handler.

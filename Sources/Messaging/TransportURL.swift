@@ -39,14 +39,25 @@ public struct TransportURL: Sendable, CustomStringConvertible, Equatable {
         var vhost = "/"
         if let slash = rest.firstIndex(of: "/") {
             let v = String(rest[rest.index(after: slash)...])
-            if let q = v.firstIndex(of: "?") {
-                throw ParseError(message: "query options in transport_url are not supported ('\(v[q...])')")
+            if v.contains("@") || (v.contains("/") && v != "/") {
+                throw ParseError(message: "the virtual host part contains '@' or '/': a user or password containing '/' must be percent-encoded (%2F)")
+            }
+            if v.contains("?") {
+                throw ParseError(message: "query options in transport_url are not supported")
             }
             vhost = v.isEmpty ? "/" : TransportURL.percentDecode(v)
             rest = rest[..<slash]
         }
         var brokers: [Broker] = []
-        for part in rest.split(separator: ",", omittingEmptySubsequences: false) {
+        // Error texts name a broker by its position, never by its text: a password with an
+        // unencoded '/', ',' or '@' would otherwise end up quoted in the error.
+        let encodingHint = "(a user or password containing '/', ',', '@', ':' or '%' must be percent-encoded, e.g. %2F for '/')"
+        let parts = rest.split(separator: ",", omittingEmptySubsequences: false)
+        for (n, part) in parts.enumerated() {
+            let which = parts.count > 1 ? "broker \(n + 1) of \(parts.count)" : "the broker address"
+            if part.isEmpty {
+                throw ParseError(message: "\(which) is empty (a stray ',' in transport_url?)")
+            }
             var user = "guest", password = "guest"
             var hostPort = Substring(part)
             if let at = part.lastIndex(of: "@") {
@@ -63,17 +74,19 @@ public struct TransportURL: Sendable, CustomStringConvertible, Equatable {
             var host = String(hostPort)
             var port = 5672
             if hostPort.hasPrefix("[") {  // [v6]:port
-                guard let close = hostPort.firstIndex(of: "]") else { throw ParseError(message: "unterminated IPv6 address") }
+                guard let close = hostPort.firstIndex(of: "]") else { throw ParseError(message: "unterminated IPv6 address in \(which)") }
                 host = String(hostPort[hostPort.index(after: hostPort.startIndex)..<close])
                 let after = hostPort[hostPort.index(after: close)...]
                 if after.hasPrefix(":") {
-                    guard let p = Int(after.dropFirst()), (1...65535).contains(p) else { throw ParseError(message: "invalid port in '\(hostPort)'") }
+                    guard let p = Int(after.dropFirst()), (1...65535).contains(p) else {
+                        throw ParseError(message: "invalid port in \(which) \(encodingHint)")
+                    }
                     port = p
                 }
             } else if let colon = hostPort.lastIndex(of: ":") {
                 host = String(hostPort[..<colon])
                 guard let p = Int(hostPort[hostPort.index(after: colon)...]), (1...65535).contains(p) else {
-                    throw ParseError(message: "invalid port in '\(hostPort)'")
+                    throw ParseError(message: "invalid port in \(which) \(encodingHint)")
                 }
                 port = p
             }

@@ -84,7 +84,8 @@ int ca_amqp_exchange_declare(amqp_connection_state_t conn, amqp_channel_t channe
 
 int ca_amqp_queue_declare(amqp_connection_state_t conn, amqp_channel_t channel,
                           const char *name, int durable, int exclusive, int auto_delete,
-                          int64_t x_expires_ms, int quorum, char *err, size_t err_len) {
+                          int64_t x_expires_ms, int quorum, uint32_t *consumer_count,
+                          char *err, size_t err_len) {
   amqp_table_entry_t entries[2];
   int n = 0;
   if (x_expires_ms > 0) {
@@ -100,11 +101,13 @@ int ca_amqp_queue_declare(amqp_connection_state_t conn, amqp_channel_t channel,
     n++;
   }
   amqp_table_t args = {n, n ? entries : NULL};
-  amqp_queue_declare(conn, channel, bytes_of(name), 0, durable ? 1 : 0, exclusive ? 1 : 0,
-                     auto_delete ? 1 : 0, args);
+  amqp_queue_declare_ok_t *ok = amqp_queue_declare(
+      conn, channel, bytes_of(name), 0, durable ? 1 : 0, exclusive ? 1 : 0, auto_delete ? 1 : 0, args);
   char ctx[300];
   snprintf(ctx, sizeof ctx, "declare queue '%s'", name);
-  return check(conn, ctx, err, err_len);
+  int rc = check(conn, ctx, err, err_len);
+  if (rc == 0 && consumer_count) *consumer_count = ok ? ok->consumer_count : 0;
+  return rc;
 }
 
 int ca_amqp_queue_bind(amqp_connection_state_t conn, amqp_channel_t channel,

@@ -36,7 +36,7 @@ import Testing
 
     @Test func badValueNamesFileLineAndOption() {
         #expect(throws: ConfigError(file: "/etc/compute-agent/compute-agent.conf", line: 3, section: "DEFAULT",
-                                    option: "report_interval", message: "expected a number of seconds, got 'often'")) {
+                                    option: "report_interval", message: "expected a decimal number of seconds such as 10 or 2.5, got 'often'")) {
             try parse("[DEFAULT]\nhost = a\nreport_interval = often\n")
         }
     }

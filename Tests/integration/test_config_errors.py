@@ -14,7 +14,7 @@ def run(tmp_path, text):
 def test_bad_value_names_file_line_option(tmp_path):
     code, err, conf = run(tmp_path, "[DEFAULT]\nhost = h\nreport_interval = soon\n")
     assert code == 2
-    assert f"{conf}:3: [DEFAULT] report_interval: expected a number of seconds, got 'soon'" in err
+    assert f"{conf}:3: [DEFAULT] report_interval: expected a decimal number of seconds such as 10 or 2.5, got 'soon'" in err
 
 
 def test_unknown_option(tmp_path):
@@ -71,3 +71,63 @@ def test_every_option_of_the_shipped_config_is_known(tmp_path):
     # Parsing succeeded: the agent got as far as loading plugins (exit 1, not a config error 2).
     assert code == 1, err
     assert "configuration error" not in err
+
+
+import pytest
+
+
+@pytest.mark.parametrize("host,why", [
+    ("*", "AMQP wildcard '*'"), ("#", "AMQP wildcard '#'"), ("a*b", "AMQP wildcard '*'"),
+    ("two words", "whitespace or control characters"), ("tab\there", "whitespace or control characters"),
+    ("x" * 248, "248 bytes; at most 247"),
+])
+def test_host_that_cannot_be_a_queue_name_is_refused(tmp_path, host, why):
+    """host = * would bind compute.* and take every host's messages."""
+    code, err, conf = run(tmp_path, f"[DEFAULT]\nhost = {host}\n")
+    assert code == 2, err
+    assert f"{conf}:2: [DEFAULT] host:" in err and why in err
+
+
+def test_host_with_a_nul_byte_is_refused(tmp_path):
+    conf = tmp_path / "bad.conf"
+    conf.write_bytes(b"[DEFAULT]\nhost = ab\x00cd\n")
+    p = subprocess.run([str(AGENT), "--config-file", str(conf)], capture_output=True, timeout=20)
+    assert p.returncode == 2 and b"whitespace or control characters (U+0)" in p.stderr
+
+
+def test_crlf_config_is_read_and_errors_do_not_repeat_the_file(tmp_path):
+    code, err, conf = run(tmp_path, "[DEFAULT]\r\nhost = h\r\ntransport_url = rabbit://u:hunter2@h:5672/\r\nreport_interval = soon\r\n")
+    assert code == 2
+    assert f"{conf}:4: [DEFAULT] report_interval:" in err
+    assert "hunter2" not in err
+
+
+@pytest.mark.parametrize("url", [
+    "rabbit://u:hun/ter2@h:5672/", "rabbit://u:hun,ter2@h:5672/", "rabbit://u:hunter2@h:99999/",
+    "rabbit://u:hun/ter2@h/", "rabbit://u:12/hunter2@h:5672/v",
+])
+def test_password_with_unencoded_separators_is_never_echoed(tmp_path, url):
+    code, err, conf = run(tmp_path, f"[DEFAULT]\ntransport_url = {url}\n")
+    assert code == 2, err
+    assert f"{conf}:2: [DEFAULT] transport_url:" in err
+    for part in ("hun", "ter2", "hunter2"):
+        assert part not in err, err
+    from conftest import CTL
+    p = subprocess.run([str(CTL), "ping", "--transport-url", url, "--host", "x", "--timeout", "2"],
+                       capture_output=True, text=True, timeout=20)
+    assert p.returncode != 0
+    for part in ("hun", "ter2", "hunter2"):
+        assert part not in p.stdout + p.stderr, p.stdout + p.stderr
+
+
+def test_trailing_comma_in_transport_url_is_refused(tmp_path):
+    code, err, conf = run(tmp_path, "[DEFAULT]\ntransport_url = rabbit://u:p@h:5672,/\n")
+    assert code == 2 and "broker 2 of 2 is empty" in err
+
+
+@pytest.mark.parametrize("value", ["0x10", "1e3", "nan", "inf", "10s"])
+def test_only_decimal_numbers_are_accepted(tmp_path, value):
+    code, err, conf = run(tmp_path, f"[DEFAULT]\nreport_interval = {value}\n")
+    assert code == 2 and "expected a decimal number of seconds such as 10 or 2.5" in err
+    code, err, conf = run(tmp_path, f"[DEFAULT]\nplugin_threads = {value}\n")
+    assert code == 2 and "expected a decimal integer such as 10" in err

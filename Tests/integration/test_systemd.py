@@ -145,7 +145,7 @@ def test_sighup_applies_live_options_and_names_the_others(tmp_path, test_plugin_
     a.conf.write_text(text.replace("report_interval = 1\n", "report_interval = soon\n"))
     a.proc.send_signal(signal.SIGHUP)
     time.sleep(1)
-    assert re.search(r"reload refused, the running configuration stays: .*report_interval: expected a number", a.text())
+    assert re.search(r"reload refused, the running configuration stays: .*report_interval: expected a decimal number", a.text())
     assert a.proc.poll() is None
     a.stop()
 

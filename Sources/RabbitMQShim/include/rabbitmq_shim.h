@@ -26,10 +26,12 @@ int ca_amqp_exchange_declare(amqp_connection_state_t conn, amqp_channel_t channe
                              int auto_delete, char *err, size_t err_len);
 
 /* Declares a queue. `x_expires_ms` > 0 adds the x-expires argument; `quorum` != 0 adds
- * x-queue-type=quorum. */
+ * x-queue-type=quorum. `consumer_count` (may be NULL) receives the broker's count of
+ * consumers already on the queue. */
 int ca_amqp_queue_declare(amqp_connection_state_t conn, amqp_channel_t channel,
                           const char *name, int durable, int exclusive, int auto_delete,
-                          int64_t x_expires_ms, int quorum, char *err, size_t err_len);
+                          int64_t x_expires_ms, int quorum, uint32_t *consumer_count,
+                          char *err, size_t err_len);
 
 int ca_amqp_queue_bind(amqp_connection_state_t conn, amqp_channel_t channel,
                        const char *queue, const char *exchange, const char *routing_key,
