@@ -39,7 +39,7 @@ public final class AMQPWorker: Sendable {
         public var loginRefusalsBeforeGivingUp = 5
         /// How long `stop()` waits for a connection thread caught in a blocking connect or
         /// handshake before returning without it (the thread ends on its own soon after).
-        public var stopGrace: Double = 0.5
+        public var stopGrace: Double = 0.2
 
         public init(url: TransportURL, connectionName: String, threadName: String) {
             self.url = url

@@ -1,0 +1,217 @@
+"""Faults an operator meets: durable/quorum queue settings shared with real oslo.messaging
+services on one vhost, SIGTERM while the broker cannot be reached, a second agent on the
+same state_path or host, a broker refusal that no retry can fix, and replies or messages
+too large for the broker."""
+import json
+import pathlib
+import sys
+import signal
+import socket
+import subprocess
+import threading
+import time
+import uuid
+
+import kombu
+import oslo_messaging
+import pytest
+
+from conftest import AGENT, RABBIT_PASSWORD, RABBIT_USER, URL, Agent, rpc_client
+from test_systemd import NotifySocket
+
+CTL = ["rabbitmqctl", "-n", "rabbit@localhost", "-q"]
+
+
+@pytest.fixture
+def vhost():
+    name = "ca-" + uuid.uuid4().hex[:8]
+    subprocess.run(CTL + ["add_vhost", name], check=True, capture_output=True)
+    subprocess.run(CTL + ["set_permissions", "-p", name, RABBIT_USER, ".*", ".*", ".*"], check=True, capture_output=True)
+    yield name
+    subprocess.run(CTL + ["delete_vhost", name], capture_output=True)
+
+
+def declared(vhost, kind):
+    """{name: (durable, arguments)} of the exchanges or queues of a vhost."""
+    cols = ["name", "durable", "arguments"]
+    out = subprocess.run(CTL + [f"list_{kind}", "-p", vhost] + cols + ["--formatter", "json"],
+                         capture_output=True, text=True, check=True).stdout
+    def args(a):  # rabbitmqctl's JSON gives a table as [[key, type, value], ...]
+        return {k: v for k, _, v in a} if isinstance(a, list) else dict(a)
+    return {e["name"]: (e["durable"], args(e["arguments"])) for e in json.loads(out or "[]")}
+
+
+@pytest.mark.parametrize("option", ["amqp_durable_queues", "rabbit_quorum_queue"])
+def test_agent_shares_a_vhost_with_oslo_services_under_durable_settings(tmp_path, vhost, option):
+    """A real oslo.messaging conductor, notification listener and client declare 'nova' and
+    their queues first, with the option on; the agent must declare the same way on both of
+    its connections, or the broker refuses it (406) and nothing flows."""
+    url = URL.rstrip("/") + "/" + vhost
+    a = Agent(tmp_path, extra_default=f"transport_url = {url}",
+              sections={"libvirt": {"connection_uri": "test:///default"}, "oslo_messaging_rabbit": {option: "true"}})
+    peer = subprocess.Popen([sys.executable, str(pathlib.Path(__file__).with_name("oslo_peer.py")), url, a.host,
+                             f"{option}=true"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert peer.stdout.readline().strip() == "peer ready"
+        a.start()
+        seen = json.loads(peer.stdout.readline())
+        assert "error" not in seen, seen
+        assert len(seen["beats"]) >= 2 and seen["beats"][1] == seen["beats"][0] + 1, (seen, a.text()[-2000:])
+        assert seen["ping"] is True
+        assert "compute.instance.create.end" in seen["events"], seen
+        assert "406" not in a.text() and "PRECONDITION_FAILED" not in a.text()
+        exchanges, queues = declared(vhost, "exchanges"), declared(vhost, "queues")
+        assert exchanges["nova"][0] is True
+        for q in ("compute", f"compute.{a.host}", "conductor", "notifications.info"):
+            assert queues[q][0] is True, (q, queues[q])
+            if option == "rabbit_quorum_queue":
+                assert queues[q][1].get("x-queue-type") == "quorum", (q, queues[q])
+    finally:
+        a.stop()
+        peer.wait(30)
+
+
+class SilentBroker:
+    """Accepts TCP connections and never says a word: the agent is stuck mid-handshake."""
+
+    def __init__(self):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.conns = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.listener.accept()
+            except OSError:
+                return
+            self.conns.append(c)
+
+    def close(self):
+        self.listener.close()
+        for c in self.conns:
+            c.close()
+
+
+def closed_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+@pytest.mark.parametrize("state", ["connection_refused", "mid_handshake", "login_refused"])
+def test_sigterm_ends_the_agent_at_once_while_the_broker_cannot_be_reached(tmp_path, state):
+    silent = SilentBroker() if state == "mid_handshake" else None
+    if state == "connection_refused":
+        url, wait = f"rabbit://{RABBIT_USER}:{RABBIT_PASSWORD}@127.0.0.1:{closed_port()}/", "broker connection failed"
+    elif state == "mid_handshake":
+        url, wait = f"rabbit://{RABBIT_USER}:{RABBIT_PASSWORD}@127.0.0.1:{silent.port}/", "connecting to"
+    else:
+        url, wait = f"rabbit://{RABBIT_USER}:wrong-password@127.0.0.1:5672/", "ACCESS_REFUSED"
+    notify = NotifySocket(tmp_path / "notify.sock")
+    a = Agent(tmp_path, extra_default=f"transport_url = {url}")
+    try:
+        a.start(wait_for=wait, env={"NOTIFY_SOCKET": notify.path})
+        if state == "mid_handshake":
+            deadline = time.time() + 5
+            while time.time() < deadline and not silent.conns:
+                time.sleep(0.02)
+            assert silent.conns, "the agent never opened a connection"
+            time.sleep(0.3)
+        started = time.time()
+        a.proc.send_signal(signal.SIGTERM)
+        code = a.proc.wait(10)
+        took = time.time() - started
+        notify.collect(0.3)
+        print(f"SIGTERM while {state}: exited {code} in {took:.3f} s")
+        assert code == 0, a.text()
+        assert took < 1.0, f"SIGTERM took {took:.2f} s while {state}"
+        assert "STOPPING" in notify.keys(), notify.messages
+        assert RABBIT_PASSWORD not in a.text() and "wrong-password" not in a.text()
+    finally:
+        a.stop()
+        notify.sock.close()
+        if silent:
+            silent.close()
+
+
+def test_second_agent_on_the_same_state_path_is_refused_naming_the_pid(tmp_path, transport):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = Agent(tmp_path / "a").start()
+    try:
+        second = Agent(tmp_path / "b")
+        second.conf.write_text(second.conf.read_text().replace(str(second.state), str(first.state)))
+        p = subprocess.run([str(AGENT), "--config-file", str(second.conf)], capture_output=True, text=True, timeout=20)
+        assert p.returncode == 1
+        assert f"is in use by another compute-agent (PID {first.proc.pid})" in p.stderr, p.stderr
+        assert rpc_client(transport, first.host).call({}, "ping")["pong"] is True
+    finally:
+        first.stop()
+
+
+def test_second_agent_with_the_same_host_is_refused_or_warned(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "c").mkdir()
+    first = Agent(tmp_path / "a").start()
+    try:
+        warned = Agent(tmp_path / "c", host=first.host, extra_default="host_conflict = warn").start()
+        assert f"queue 'compute.{first.host}' already has 1 consumer(s)" in warned.text()
+        assert "host_conflict = warn" in warned.text()
+        warned.stop()
+        second = Agent(tmp_path / "b", host=first.host)
+        second.start(wait_for="broker connection failed")
+        code = second.proc.wait(60)
+        assert code == 1, second.text()
+        assert f"queue 'compute.{first.host}' already has 1 consumer(s): another agent with host = {first.host} is running" in second.text()
+        assert "the broker refused the agent" in second.text()
+    finally:
+        first.stop()
+
+
+def test_broker_refusal_that_retrying_cannot_fix_ends_the_agent(tmp_path):
+    """control_exchange = amq.direct: the broker answers 406 to a topic declare, for ever."""
+    a = Agent(tmp_path, extra_default="control_exchange = amq.direct")
+    a.start(wait_for="connecting to")
+    code = a.proc.wait(20)
+    assert code == 1
+    assert "406" in a.text() and "retrying cannot help" in a.text()
+
+
+def publish_call(host, reply_q, msg_id="m1", method="ping"):
+    inner = {"method": method, "args": {}, "_msg_id": msg_id, "_reply_q": reply_q, "_unique_id": uuid.uuid4().hex}
+    with kombu.Connection(URL.replace("rabbit:", "amqp:", 1)) as conn:
+        conn.Producer().publish(json.dumps({"oslo.version": "2.0", "oslo.message": json.dumps(inner)}).encode(),
+                                exchange=kombu.Exchange("nova", type="topic", durable=False),
+                                routing_key=f"compute.{host}", content_type="application/json")
+
+
+def test_bad_or_huge_replies_do_not_cost_other_callers_their_answers(tmp_path, transport):
+    a = Agent(tmp_path, extra_default="rpc_max_reply_bytes = 65536\nrpc_max_message_bytes = 262144").start()
+    try:
+        c = rpc_client(transport, a.host)
+        publish_call(a.host, "r" * 300)
+        # An innocent call right behind it is answered at once.
+        assert c.call({}, "ping")["pong"] is True
+        with pytest.raises(oslo_messaging.RemoteError) as e:
+            c.call({}, "ping", arg="x" * 100_000)
+        assert e.value.exc_type == "ReplyTooLarge" and "over max_reply_bytes (65536)" in e.value.value
+        with pytest.raises(oslo_messaging.RemoteError) as e:
+            c.call({}, "ping", arg="x" * 400_000)
+        assert e.value.exc_type == "MessageTooLarge" and "over max_message_bytes (262144)" in e.value.value
+        results = []
+        threads = [threading.Thread(target=lambda: results.append(c.call({}, "ping")["pong"])) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(20)
+        assert results == [True] * 8
+        log = a.text()
+        assert "dropped call: its _reply_q is 300 bytes, over AMQP's 255" in log
+        assert "reconnected to broker" not in log and "dropped duplicate message" not in log
+    finally:
+        a.stop()
