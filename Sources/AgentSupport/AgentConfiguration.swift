@@ -51,6 +51,16 @@ public struct AgentConfiguration: Sendable {
     public var quorumQueues: Bool
     public var transientQueuesTTL: Int
     public var durableQueues: Bool
+    public var ssl: Bool
+    public var sslCAFile: String?
+    public var sslCertFile: String?
+    public var sslKeyFile: String?
+    /// "" (negotiate TLS 1.2 or newer), "TLSv1_2" or "TLSv1_3".
+    public var sslVersion: String
+    public var sslVerifyHostname: Bool
+    public var retryInterval: Double
+    public var retryBackoff: Double
+    public var intervalMax: Double
 
     /// Options of each plugin's own section, by section name.
     public var pluginSections: [String: [String: String]]
@@ -78,6 +88,8 @@ public struct AgentConfiguration: Sendable {
             rpcMaxMessageBytes: 8 << 20, rpcMaxReplyBytes: 8 << 20,
             heartbeatTimeoutThreshold: 60, qosPrefetchCount: 64, quorumQueues: false,
             transientQueuesTTL: 1800, durableQueues: false,
+            ssl: false, sslCAFile: nil, sslCertFile: nil, sslKeyFile: nil, sslVersion: "", sslVerifyHostname: true,
+            retryInterval: 1, retryBackoff: 2, intervalMax: 30,
             pluginSections: [:], sourceFile: "<defaults>", optionLines: [:])
     }
 
@@ -95,7 +107,9 @@ public struct AgentConfiguration: Sendable {
                     "host_conflict", "rpc_max_message_bytes", "rpc_max_reply_bytes"],
         "oslo_messaging_rabbit": ["heartbeat_timeout_threshold", "rabbit_qos_prefetch_count",
                                   "rabbit_quorum_queue", "rabbit_transient_queues_ttl",
-                                  "amqp_durable_queues"],
+                                  "amqp_durable_queues", "ssl", "ssl_ca_file", "ssl_cert_file", "ssl_key_file",
+                                  "ssl_version", "ssl_enforce_fips_mode", "ssl_enforce_hostname_verification",
+                                  "rabbit_retry_interval", "rabbit_retry_backoff", "rabbit_interval_max"],
     ]
 
     /// Reads and validates a configuration file.
@@ -151,6 +165,22 @@ public struct AgentConfiguration: Sendable {
         c.quorumQueues = try reader.bool(r, "rabbit_quorum_queue", c.quorumQueues)
         c.transientQueuesTTL = try reader.int(r, "rabbit_transient_queues_ttl", c.transientQueuesTTL, range: 1...Int(Int32.max / 1000))
         c.durableQueues = try reader.bool(r, "amqp_durable_queues", c.durableQueues)
+        c.ssl = try reader.bool(r, "ssl", c.ssl)
+        c.sslCAFile = try reader.readableFile(r, "ssl_ca_file")
+        c.sslCertFile = try reader.readableFile(r, "ssl_cert_file")
+        c.sslKeyFile = try reader.readableFile(r, "ssl_key_file")
+        c.sslVersion = try reader.sslVersion(r, "ssl_version")
+        c.sslVerifyHostname = try reader.bool(r, "ssl_enforce_hostname_verification", c.sslVerifyHostname)
+        if try reader.bool(r, "ssl_enforce_fips_mode", false) {
+            throw reader.fail(r, "ssl_enforce_fips_mode", reader.raw(r, "ssl_enforce_fips_mode")!,
+                              "FIPS mode cannot be enforced by the agent (OpenSSL 3 removed FIPS_mode_set; oslo.messaging ignores the option too): configure FIPS in OpenSSL itself and set this to false")
+        }
+        if c.sslCertFile != nil && c.sslKeyFile == nil {
+            throw reader.fail(r, "ssl_cert_file", reader.raw(r, "ssl_cert_file")!, "needs ssl_key_file too (the client certificate's key)")
+        }
+        c.retryInterval = try reader.seconds(r, "rabbit_retry_interval", c.retryInterval)
+        c.retryBackoff = try reader.seconds(r, "rabbit_retry_backoff", c.retryBackoff, allowZero: true)
+        c.intervalMax = try reader.seconds(r, "rabbit_interval_max", c.intervalMax)
 
         // Plugin sections are free-form; any other section is unknown.
         let pluginNames: Set<String> = [c.computeDriver, c.imageFetcher, c.networkPlugin]
@@ -223,6 +253,13 @@ public struct AgentConfiguration: Sendable {
             "oslo_messaging_rabbit.rabbit_quorum_queue": "\(quorumQueues)",
             "oslo_messaging_rabbit.rabbit_transient_queues_ttl": "\(transientQueuesTTL)",
             "oslo_messaging_rabbit.amqp_durable_queues": "\(durableQueues)",
+            "oslo_messaging_rabbit.ssl": "\(ssl)", "oslo_messaging_rabbit.ssl_ca_file": sslCAFile ?? "",
+            "oslo_messaging_rabbit.ssl_cert_file": sslCertFile ?? "", "oslo_messaging_rabbit.ssl_key_file": sslKeyFile ?? "",
+            "oslo_messaging_rabbit.ssl_version": sslVersion,
+            "oslo_messaging_rabbit.ssl_enforce_hostname_verification": "\(sslVerifyHostname)",
+            "oslo_messaging_rabbit.rabbit_retry_interval": "\(retryInterval)",
+            "oslo_messaging_rabbit.rabbit_retry_backoff": "\(retryBackoff)",
+            "oslo_messaging_rabbit.rabbit_interval_max": "\(intervalMax)",
         ]
     }
 
@@ -270,6 +307,31 @@ private struct OptionReader {
         guard let e = raw(s, o) else { return d }
         if let problem = AgentConfiguration.hostNameProblem(e.value) { throw fail(s, o, e, problem) }
         return e.value
+    }
+
+    /// An optional file the agent must be able to read (a certificate or key); an empty
+    /// value means unset, as in oslo.
+    mutating func readableFile(_ s: String, _ o: String) throws(ConfigError) -> String? {
+        guard let e = raw(s, o), !e.value.isEmpty else { return nil }
+        guard e.value.hasPrefix("/") else { throw fail(s, o, e, "must be an absolute path, got '\(e.value)'") }
+        guard access(e.value, R_OK) == 0 else {
+            throw fail(s, o, e, "cannot read \(e.value): \(String(cString: strerror(errno)))")
+        }
+        return e.value
+    }
+
+    /// oslo's `ssl_version`, limited to what is still safe: TLS 1.2 and 1.3.
+    mutating func sslVersion(_ s: String, _ o: String) throws(ConfigError) -> String {
+        guard let e = raw(s, o), !e.value.isEmpty else { return "" }
+        switch e.value.lowercased() {
+        case "sslv23", "tls": return ""
+        case "tlsv1_2": return "TLSv1_2"
+        case "tlsv1_3": return "TLSv1_3"
+        case "tlsv1", "tlsv1_1", "sslv2", "sslv3":
+            throw fail(s, o, e, "\(e.value) is not offered (insecure; OpenSSL refuses it): use TLSv1_2, TLSv1_3 or leave it empty to negotiate")
+        default:
+            throw fail(s, o, e, "'\(e.value)' is not one of: TLSv1_2, TLSv1_3, SSLv23 (negotiate)")
+        }
     }
 
     mutating func path(_ s: String, _ o: String, _ d: String) throws(ConfigError) -> String {

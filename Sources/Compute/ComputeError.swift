@@ -21,11 +21,14 @@ public struct ComputeError: Error, RemoteFailureConvertible, CustomStringConvert
     public let code: Code
     public let message: String
     public let kwargs: [String: JSONValue]
+    /// Set when the action could not be recorded: the cast goes back to the broker.
+    public let requeueAfter: Double?
 
-    public init(code: Code, message: String, kwargs: [String: JSONValue]) {
+    public init(code: Code, message: String, kwargs: [String: JSONValue], requeueAfter: Double? = nil) {
         self.code = code
         self.message = message
         self.kwargs = kwargs
+        self.requeueAfter = requeueAfter
     }
 
     public var description: String { "\(code.rawValue): \(message)" }

@@ -71,6 +71,10 @@ public actor ComputeManager {
     var lastAudit: ResourceAudit?
     var lastHostInfo: JSONValue = .object([:])
     var unmanagedDomains: [String: String] = [:]
+    /// Why the journal cannot be written (full disk, read-only, I/O error), while it cannot;
+    /// and how many writes in a row failed (sets the requeue delay).
+    public private(set) var journalProblem: String?
+    var journalFailures = 0
 
     public init(settings: Settings, plugins: PluginSet, store: InstanceStore, notifier: InstanceNotifier, logger: Logger) {
         self.settings = settings
@@ -134,10 +138,13 @@ public actor ComputeManager {
         instances[uuid] = record
         do {
             try await store.write([.putInstance(uuid: uuid, body: record.storeJSON), .putOperation(op)])
+            journalWritten()
         } catch {
             instances[uuid] = before
-            log(uuid).error("could not record the action, refusing it: \(error)")
-            throw ComputeError(code: .storeFailure, message: "the agent could not record the action: \(error)", kwargs: [:])
+            let delay = journalFailed(error)
+            log(uuid).error("could not record the action; it stays with the broker and is retried in \(delay) s: \(error)")
+            throw ComputeError(code: .storeFailure, message: "the agent could not record the action: \(error)", kwargs: [:],
+                               requeueAfter: delay)
         }
         openOperations[uuid] = op
         Failpoints.hit("rpc.after_record")
@@ -244,9 +251,29 @@ public actor ComputeManager {
     /// Writes a completed step; a store failure here is logged loudly (the action has
     /// happened on the hypervisor; the next start-up reconciles the record).
     func persist(_ changes: [InstanceStore.Change], uuid: String) async {
-        do { try await store.write(changes) } catch {
+        do {
+            try await store.write(changes)
+            journalWritten()
+        } catch {
+            _ = journalFailed(error)
             log(uuid).critical("could not record the outcome in the instance store: \(error)")
         }
+    }
+
+    /// A journal write failed: remember why (STATUS, health) and return the delay before
+    /// the message that could not be recorded goes back to the broker (1, 2, 4 … 30 s).
+    func journalFailed(_ error: any Error) -> Double {
+        journalFailures += 1
+        if journalProblem == nil { logger.critical("the instance journal cannot be written: \(error)") }
+        journalProblem = "\(error)"
+        return min(30, Double(1 << min(journalFailures - 1, 5)))
+    }
+
+    /// A journal write succeeded: the condition (if any) is over.
+    func journalWritten() {
+        if journalProblem != nil { logger.notice("the instance journal is writable again") }
+        journalProblem = nil
+        journalFailures = 0
     }
 
     /// Records how far an operation got.

@@ -59,6 +59,15 @@ public final class PeriodicTasks: Sendable {
 
     private let lastReport = Mutex(monotonicSeconds())
 
+    private let lastConfirmed = Mutex<Double?>(nil)
+
+    /// Seconds since the broker last confirmed a heartbeat (publisher confirms), nil before
+    /// the first. This is what STATUS and health report: a heartbeat the broker refused or
+    /// never took does not count.
+    public var secondsSinceConfirmedHeartbeat: Double? {
+        lastConfirmed.withLock { $0 }.map { monotonicSeconds() - $0 }
+    }
+
     /// Seconds since the heartbeat task last ran (sent or tried to send `report_state`).
     public var secondsSinceHeartbeat: Double { monotonicSeconds() - lastReport.withLock { $0 } }
 
@@ -132,6 +141,8 @@ public final class PeriodicTasks: Sendable {
         ])
         do {
             try await notifier.cast(topic: "conductor", method: "report_state", args: ["service": service])
+            // The notifier's lane runs with publisher confirms: returning means the broker has it.
+            lastConfirmed.withLock { $0 = monotonicSeconds() }
         } catch {
             logger.warning("report_state heartbeat not sent: \(error)")
         }

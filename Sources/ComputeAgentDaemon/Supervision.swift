@@ -79,13 +79,20 @@ struct SystemdService: Service {
 
     private func statusLine() async -> String {
         let n = await manager.instanceCount
-        let beat = Int(periodic.secondsSinceHeartbeat)
-        guard server.isConnected else {
+        var line: String
+        if server.isConnected {
+            let beat = periodic.secondsSinceConfirmedHeartbeat.map { "last heartbeat confirmed \(Int($0)) s ago" }
+                ?? "no heartbeat confirmed yet"
+            line = "connected to \(url), \(n) instances, \(beat)"
+        } else {
             let failed = attempts.failed.load(ordering: .relaxed)
-            if failed > 0 { return "reconnecting to broker \(url) (attempt \(failed + 1)); \(n) instances" }
-            return "connecting to the broker at \(url); \(n) instances"
+            line = failed > 0 ? "reconnecting to broker \(url) (attempt \(failed + 1)); \(n) instances"
+                : "connecting to the broker at \(url); \(n) instances"
         }
-        return "connected to \(url), \(n) instances, last heartbeat \(beat) s ago"
+        if let problem = await manager.journalProblem {
+            line = "JOURNAL NOT WRITABLE (casts stay with the broker): \(LogEscaping.escaped(problem)); " + line
+        }
+        return line
     }
 }
 

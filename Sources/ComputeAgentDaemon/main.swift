@@ -186,9 +186,11 @@ func connectionLogger(_ lane: String) -> @Sendable (AMQPWorker.Event) -> Void {
     }
 }
 
+let connectionSettings = AMQPWorker.ConnectionSettings(configuration: config)
+
 var serverOptions = RPCServer.Options(url: url, exchange: config.controlExchange, topic: "compute", host: config.host)
 serverOptions.prefetch = config.qosPrefetchCount
-serverOptions.heartbeat = config.heartbeatTimeoutThreshold
+serverOptions.connection = connectionSettings
 serverOptions.durableQueues = config.durableQueues
 serverOptions.quorumQueues = config.quorumQueues
 serverOptions.transientQueuesTTL = config.transientQueuesTTL
@@ -199,9 +201,10 @@ let server = RPCServer(options: serverOptions, endpoint: manager, logger: logger
 
 var notifierOptions = RPCClient.Options(url: url, exchange: config.controlExchange, acceptsReplies: false,
                                         connectionName: "compute-agent:notify:\(config.host)", threadName: "amqp-notify")
-notifierOptions.heartbeat = config.heartbeatTimeoutThreshold
+notifierOptions.connection = connectionSettings
 notifierOptions.durableQueues = config.durableQueues
 notifierOptions.quorumQueues = config.quorumQueues
+notifierOptions.confirmPublishes = true
 let notifier = RPCClient(options: notifierOptions, onConnectionEvent: connectionLogger("notify"))
 let periodic = PeriodicTasks(
     manager: manager, notifier: notifier, host: config.host,

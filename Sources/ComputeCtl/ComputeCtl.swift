@@ -52,6 +52,7 @@ struct Connection: ParsableArguments {
                                         connectionName: "computectl", threadName: "computectl")
         options.durableQueues = config.durableQueues
         options.quorumQueues = config.quorumQueues
+        options.connection = AMQPWorker.ConnectionSettings(configuration: config)
         let lastFailure = LastFailure()
         let client = RPCClient(options: options) { event in
             if case .connectionFailed(let reason, _, _) = event { lastFailure.set(reason) }

@@ -49,6 +49,29 @@ public struct AMQPDelivery: Sendable {
     public var generation: UInt64
 }
 
+/// TLS to the broker, with oslo.messaging's `[oslo_messaging_rabbit] ssl_*` meanings: the
+/// broker's certificate chain is always verified (against `caFile`, else the system's CA
+/// bundle) and so is its host name unless `verifyHostname` is off; `certFile`/`keyFile`
+/// give a client certificate for mutual TLS.
+public struct TLSOptions: Sendable, Equatable {
+    public var caFile: String?
+    public var certFile: String?
+    public var keyFile: String?
+    public var verifyHostname = true
+    /// nil = negotiate (TLS 1.2 or newer); otherwise exactly this version.
+    public var version: TLSVersion?
+
+    public enum TLSVersion: String, Sendable { case tls1_2 = "TLSv1_2", tls1_3 = "TLSv1_3" }
+
+    public static let systemCABundle = "/etc/ssl/certs/ca-certificates.crt"
+
+    public init(caFile: String? = nil, certFile: String? = nil, keyFile: String? = nil) {
+        self.caFile = caFile
+        self.certFile = certFile
+        self.keyFile = keyFile
+    }
+}
+
 /// A librabbitmq connection with one channel (number 1).
 ///
 /// Not thread-safe, like librabbitmq itself: it is created, used and destroyed by the one
@@ -65,14 +88,18 @@ public final class AMQPConnection {
     var isHealthy: Bool { lastError == nil }
 
     init(broker: TransportURL.Broker, virtualHost: String, heartbeat: Int, connectTimeout: Double,
-         connectionName: String) throws(AMQPError)
+         connectionName: String, tls: TLSOptions? = nil) throws(AMQPError)
     {
         guard let conn = amqp_new_connection() else { throw AMQPError("out of memory creating an AMQP connection") }
         // From here on every stored property is initialised, so a throw below still runs
         // deinit, which destroys `conn`: destroying it here as well would free it twice.
         state = conn
-        guard let socket = amqp_tcp_socket_new(conn) else {
-            throw AMQPError("cannot create a TCP socket")
+        let socket: OpaquePointer
+        if let tls {
+            socket = try Self.tlsSocket(conn, tls)
+        } else {
+            guard let s = amqp_tcp_socket_new(conn) else { throw AMQPError("cannot create a TCP socket") }
+            socket = s
         }
         var tv = timeval(tv_sec: Int(connectTimeout), tv_usec: Int((connectTimeout - Double(Int(connectTimeout))) * 1e6))
         // The handshake (login) is bounded like the TCP connect, so a broker that accepts
@@ -80,7 +107,20 @@ public final class AMQPConnection {
         _ = amqp_set_handshake_timeout(conn, &tv)
         let rc = amqp_socket_open_noblock(socket, broker.host, Int32(broker.port), &tv)
         if rc != AMQP_STATUS_OK.rawValue {
-            throw AMQPError("cannot connect to \(broker.host):\(broker.port): \(String(cString: amqp_error_string2(rc)))")
+            let what = String(cString: amqp_error_string2(rc))
+            if let tls {
+                let ca = tls.caFile ?? TLSOptions.systemCABundle
+                switch rc {
+                case AMQP_STATUS_SSL_PEER_VERIFY_FAILED.rawValue:
+                    throw AMQPError("TLS to \(broker.host):\(broker.port): certificate verify failed: the broker's certificate is not signed by a CA in \(ca)")
+                case AMQP_STATUS_SSL_HOSTNAME_VERIFY_FAILED.rawValue:
+                    throw AMQPError("TLS to \(broker.host):\(broker.port): certificate verify failed: the broker's certificate does not name host '\(broker.host)'")
+                case AMQP_STATUS_SSL_CONNECTION_FAILED.rawValue, AMQP_STATUS_SSL_ERROR.rawValue:
+                    throw AMQPError("TLS handshake with \(broker.host):\(broker.port) failed (\(what)): is it a TLS port, does it accept our certificate, is it signed by a CA in \(ca)?")
+                default: break
+                }
+            }
+            throw AMQPError("cannot connect to \(broker.host):\(broker.port): \(what)")
         }
         var err = [CChar](repeating: 0, count: 512)
         if ca_amqp_login(conn, virtualHost, 2047, 131072, Int32(heartbeat), broker.user, broker.password,
@@ -95,6 +135,30 @@ public final class AMQPConnection {
             throw AMQPError(String(nulTerminated: err))
         }
         open = true
+    }
+
+    /// A TLS socket set up as `tls` says. File errors name the option and path, never the
+    /// contents.
+    private static func tlsSocket(_ conn: amqp_connection_state_t, _ tls: TLSOptions) throws(AMQPError) -> OpaquePointer {
+        guard let s = amqp_ssl_socket_new(conn) else { throw AMQPError("cannot create a TLS socket") }
+        let ca = tls.caFile ?? TLSOptions.systemCABundle
+        if amqp_ssl_socket_set_cacert(s, ca) != AMQP_STATUS_OK.rawValue {
+            throw AMQPError("ssl_ca_file \(ca): cannot read a PEM CA certificate from it")
+        }
+        if let cert = tls.certFile {
+            guard let key = tls.keyFile else { throw AMQPError("ssl_cert_file is set but ssl_key_file is not") }
+            if amqp_ssl_socket_set_key(s, cert, key) != AMQP_STATUS_OK.rawValue {
+                throw AMQPError("ssl_cert_file \(cert) / ssl_key_file \(key): cannot load the client certificate and key (PEM, matching)")
+            }
+        }
+        amqp_ssl_socket_set_verify_peer(s, 1)
+        amqp_ssl_socket_set_verify_hostname(s, tls.verifyHostname ? 1 : 0)
+        switch tls.version {
+        case nil: _ = amqp_ssl_socket_set_ssl_versions(s, AMQP_TLSv1_2, AMQP_TLSvLATEST)
+        case .tls1_2?: _ = amqp_ssl_socket_set_ssl_versions(s, AMQP_TLSv1_2, AMQP_TLSv1_2)
+        case .tls1_3?: _ = amqp_ssl_socket_set_ssl_versions(s, AMQP_TLSvLATEST, AMQP_TLSvLATEST)
+        }
+        return s
     }
 
     deinit {
@@ -154,6 +218,7 @@ public final class AMQPConnection {
     public func publish(exchange: String, routingKey: String, body: [UInt8], mandatory: Bool,
                         expiration: String?) throws(AMQPError)
     {
+        if confirming { publishSeq += 1 }
         try run { err, len in
             body.withUnsafeBytes { b in
                 if let expiration {
@@ -162,6 +227,33 @@ public final class AMQPConnection {
                 return ca_amqp_publish_json(state, channel, exchange, routingKey, mandatory ? 1 : 0, b.baseAddress, b.count, nil, err, len)
             }
         }
+    }
+
+    /// Publishes counted since `enableConfirms()` (the broker numbers its confirms so).
+    private var publishSeq: UInt64 = 0
+    private var confirming = false
+
+    /// Puts the channel in publisher-confirm mode: from now on every publish is numbered
+    /// and `publishConfirmed` can wait for the broker's ack of its own.
+    public func enableConfirms() throws(AMQPError) {
+        try run { ca_amqp_confirm_select(state, channel, $0, $1) }
+        confirming = true
+        publishSeq = 0
+    }
+
+    /// Publishes and waits (on this connection's thread) until the broker confirms that it
+    /// has taken the message (routed it to its queues), at most `timeout` seconds.
+    public func publishConfirmed(exchange: String, routingKey: String, body: [UInt8], timeout: Double) throws(AMQPError) {
+        precondition(confirming, "publishConfirmed needs enableConfirms() first")
+        try publish(exchange: exchange, routingKey: routingKey, body: body, mandatory: false, expiration: nil)
+        let seq = publishSeq
+        var err = [CChar](repeating: 0, count: 512)
+        let rc = err.withUnsafeMutableBufferPointer {
+            ca_amqp_wait_confirm(state, channel, seq, Int32(timeout * 1000), $0.baseAddress!, $0.count)
+        }
+        if rc == -2 { markBroken() }
+        // A missing confirm leaves the channel's numbering unknown: reconnect.
+        if rc != 0 { throw failed(AMQPError(String(nulTerminated: err))) }
     }
 
     /// Declares `name` with the given flags unless this connection already did.

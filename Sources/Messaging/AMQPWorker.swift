@@ -28,13 +28,43 @@ public final class AMQPWorker: Sendable {
         case gaveUp(reason: String)
     }
 
+    /// How a connection to the broker is made and kept: the same for every lane of an
+    /// agent, so it is set once (from `[oslo_messaging_rabbit]`) and handed to each.
+    public struct ConnectionSettings: Sendable {
+        public var heartbeat: Int = 60
+        /// TLS to every broker of the URL, or plain TCP when nil.
+        public var tls: TLSOptions?
+        /// oslo's reconnect options: the n-th retry in a row waits
+        /// `min(retryInterval + (n - 1) × retryBackoff, maxInterval)` seconds, jittered to
+        /// 50–100 % of that; the first retry after a lost connection waits a random 0 …
+        /// `retryInterval`, so a rack of agents does not reconnect in the same instant.
+        public var retryInterval: Double = 1
+        public var retryBackoff: Double = 2
+        public var maxInterval: Double = 30
+
+        public init() {}
+
+        /// The settings `[oslo_messaging_rabbit]` of a configuration asks for.
+        public init(configuration c: AgentConfiguration) {
+            heartbeat = c.heartbeatTimeoutThreshold
+            if c.ssl {
+                var t = TLSOptions(caFile: c.sslCAFile, certFile: c.sslCertFile, keyFile: c.sslKeyFile)
+                t.verifyHostname = c.sslVerifyHostname
+                t.version = TLSOptions.TLSVersion(rawValue: c.sslVersion)
+                tls = t
+            }
+            retryInterval = c.retryInterval
+            retryBackoff = c.retryBackoff
+            maxInterval = c.intervalMax
+        }
+    }
+
     public struct Options: Sendable {
         public var url: TransportURL
-        public var heartbeat: Int = 60
+        public var settings = ConnectionSettings()
         public var connectTimeout: Double = 5
         public var connectionName: String
         public var threadName: String
-        public var maxBackoff: Double = 30
         /// Consecutive refused logins after which the worker gives up (`.gaveUp`).
         public var loginRefusalsBeforeGivingUp = 5
         /// How long `stop()` waits for a connection thread caught in a blocking connect or
@@ -245,8 +275,8 @@ public final class AMQPWorker: Sendable {
             var conn: AMQPConnection?
             do throws(AMQPError) {
                 let c = try AMQPConnection(broker: broker, virtualHost: options.url.virtualHost,
-                                           heartbeat: options.heartbeat, connectTimeout: options.connectTimeout,
-                                           connectionName: options.connectionName)
+                                           heartbeat: options.settings.heartbeat, connectTimeout: options.connectTimeout,
+                                           connectionName: options.connectionName, tls: options.settings.tls)
                 conn = c
                 try setup(c)
                 generation += 1
@@ -275,8 +305,7 @@ public final class AMQPWorker: Sendable {
                 }
                 attempt += 1
                 brokerIndex += 1
-                let base = min(options.maxBackoff, 0.5 * Double(1 << min(attempt, 10)))
-                let delay = base * Double.random(in: 0.5...1.0)
+                let delay = Self.retryDelay(attempt: attempt, options.settings)
                 onEvent(.connectionFailed(reason: error.message, attempt: attempt, retryIn: delay))
                 sleepInterruptibly(delay)
             }
@@ -291,6 +320,13 @@ public final class AMQPWorker: Sendable {
         failQueued(AMQPError("the AMQP connection worker is stopped"))
         for w in waiters { w.resume() }
         for c in stopped { c.resume() }
+    }
+
+    /// The wait before retry number `attempt` (1-based) of a run of failures.
+    static func retryDelay(attempt: Int, _ o: ConnectionSettings) -> Double {
+        if attempt <= 1 { return Double.random(in: 0...o.retryInterval) }
+        let base = min(o.maxInterval, o.retryInterval + Double(attempt - 1) * o.retryBackoff)
+        return base * Double.random(in: 0.5...1.0)
     }
 
     private func failQueued(_ error: AMQPError) {

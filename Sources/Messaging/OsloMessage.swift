@@ -238,6 +238,14 @@ public struct RemoteFailure: Error, Sendable, Equatable, CustomStringConvertible
 /// An error that knows how to present itself to an RPC caller.
 public protocol RemoteFailureConvertible: Error {
     var remoteFailure: RemoteFailure { get }
+    /// Non-nil when the request could not even be recorded (the agent's journal cannot be
+    /// written): a cast is then not acknowledged but handed back to the broker after this
+    /// many seconds, to run once the condition clears. Calls get the failure.
+    var requeueAfter: Double? { get }
+}
+
+extension RemoteFailureConvertible {
+    public var requeueAfter: Double? { nil }
 }
 
 extension RemoteFailure: RemoteFailureConvertible {

@@ -18,7 +18,8 @@ public final class RPCClient: Sendable {
         public var exchange: String
         /// Declare a reply queue and accept `call`. Off for publish-only clients.
         public var acceptsReplies: Bool
-        public var heartbeat: Int = 60
+        /// Heartbeat, TLS and reconnect settings of the connection.
+        public var connection = AMQPWorker.ConnectionSettings()
         public var transientQueuesTTL: Int = 1800
         /// oslo's `amqp_durable_queues`: the control exchange and the notification queues
         /// are declared durable. Must match what every other service on the vhost declares.
@@ -26,6 +27,11 @@ public final class RPCClient: Sendable {
         /// oslo's `rabbit_quorum_queue`: implies durable, and notification queues get
         /// `x-queue-type: quorum`.
         public var quorumQueues = false
+        /// Publisher confirms (as oslo's send connections use): every cast, fanout cast and
+        /// notification returns only once the broker has taken it, so a return means the
+        /// heartbeat really reached the broker.
+        public var confirmPublishes = false
+        public var confirmTimeout: Double = 10
         public var connectionName: String
         public var threadName: String
 
@@ -55,12 +61,13 @@ public final class RPCClient: Sendable {
         let pending = PendingCalls()
         self.pending = pending
         var wo = AMQPWorker.Options(url: options.url, connectionName: options.connectionName, threadName: options.threadName)
-        wo.heartbeat = options.heartbeat
+        wo.settings = options.connection
         let box = WorkerBox()
         let w = AMQPWorker(
             options: wo,
             setup: { conn throws(AMQPError) in
                 try conn.declareExchange(options.exchange, type: "topic", durable: options.durable, autoDelete: false)
+                if options.confirmPublishes { try conn.enableConfirms() }
                 if options.acceptsReplies {
                     try conn.declareQueue(replyQueue, durable: false, autoDelete: false,
                                           expiresMs: Int64(options.transientQueuesTTL) * 1000)
@@ -172,10 +179,11 @@ public final class RPCClient: Sendable {
         let body = OsloMessage.envelope(inner: JSONValue.orderedObject(pairs))
         let exchange = options.exchange, key = "\(topic).\(priority.lowercased())"
         let durable = options.durable, quorum = options.quorumQueues
+        let confirm = options.confirmPublishes ? options.confirmTimeout : nil
         try await worker.perform { conn throws(AMQPError) in
             try conn.ensureExchange(exchange, type: "topic", durable: durable, autoDelete: false)
             try conn.ensureBoundQueue(key, exchange: exchange, durable: durable, quorum: quorum)
-            try conn.publish(exchange: exchange, routingKey: key, body: body, mandatory: false, expiration: nil)
+            try Self.send(conn, exchange: exchange, routingKey: key, body: body, expiration: nil, confirm: confirm)
         }
     }
 
@@ -183,8 +191,20 @@ public final class RPCClient: Sendable {
         // oslo: the control exchange follows amqp_durable_queues / rabbit_quorum_queue; a
         // fanout exchange is never durable and always auto-delete.
         let durable = type == "fanout" ? false : options.durable
+        let confirm = options.confirmPublishes ? options.confirmTimeout : nil
         try await worker.perform { conn throws(AMQPError) in
             try conn.ensureExchange(exchange, type: type, durable: durable, autoDelete: type == "fanout")
+            try Self.send(conn, exchange: exchange, routingKey: routingKey, body: body, expiration: expiration, confirm: confirm)
+        }
+    }
+
+    /// A publish, confirmed by the broker within `confirm` seconds when that is set.
+    private static func send(_ conn: AMQPConnection, exchange: String, routingKey: String, body: [UInt8],
+                             expiration: String?, confirm: Double?) throws(AMQPError)
+    {
+        if let confirm, expiration == nil {
+            try conn.publishConfirmed(exchange: exchange, routingKey: routingKey, body: body, timeout: confirm)
+        } else {
             try conn.publish(exchange: exchange, routingKey: routingKey, body: body, mandatory: false, expiration: expiration)
         }
     }

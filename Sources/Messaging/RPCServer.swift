@@ -67,7 +67,8 @@ public final class RPCServer: Sendable {
         public var topic: String
         public var host: String
         public var prefetch: Int = 64
-        public var heartbeat: Int = 60
+        /// Heartbeat, TLS and reconnect settings of the connection.
+        public var connection = AMQPWorker.ConnectionSettings()
         public var durableQueues = false
         public var quorumQueues = false
         public var transientQueuesTTL: Int = 1800
@@ -115,7 +116,7 @@ public final class RPCServer: Sendable {
         self.router = router
         var wo = AMQPWorker.Options(url: options.url, connectionName: "compute-agent:rpc:\(options.host)",
                                     threadName: "amqp-rpc")
-        wo.heartbeat = options.heartbeat
+        wo.settings = options.connection
         let log = logger
         let everConnected = ConnectedFlag()
         self.worker = AMQPWorker(
@@ -344,6 +345,7 @@ public final class RPCServer: Sendable {
         let acknowledger = request.isCall ? DeliveryAcknowledger.none : DeliveryAcknowledger { worker.ack(delivery) }
         let monitor = startCallMonitor(request)
         let outcome: Result<JSONValue, RemoteFailure>
+        var requeueAfter: Double?
         let version = request.version ?? "1.0"
         if request.namespace != nil || !OsloMessage.isCompatible(requested: version, served: endpoint.apiVersion) {
             outcome = .failure(.unsupportedVersion(version, method: request.method))
@@ -357,6 +359,7 @@ public final class RPCServer: Sendable {
                 })
             } catch let e as RemoteFailureConvertible {
                 outcome = .failure(e.remoteFailure)
+                requeueAfter = e.requeueAfter
             } catch {
                 outcome = .failure(RemoteFailure(className: "ComputeAgentError", module: "compute_agent.exception",
                                                  message: "\(error)"))
@@ -376,6 +379,16 @@ public final class RPCServer: Sendable {
                 body = OsloMessage.replyBody(result: .null, failure: f, ending: true, messageID: id)
             }
             sendReply(body, to: q, uniqueID: request.uniqueID, meta: meta)
+        } else if let delay = requeueAfter {
+            // Not recorded, so not accepted: the cast stays unacknowledged and goes back to
+            // the broker after `delay`; its redelivery must run, so its id is forgotten.
+            if let id = request.uniqueID { forgetUniqueID(id) }
+            logger.warning("cast not recorded: handed back to the broker in \(delay) s", metadata: meta)
+            let worker = self.worker
+            Task {
+                try? await Task.sleep(for: .milliseconds(Int(delay * 1000)))
+                worker.reject(delivery, requeue: true)
+            }
         } else {
             acknowledger.acknowledge()
         }
