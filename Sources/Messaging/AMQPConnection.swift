@@ -126,7 +126,13 @@ public final class AMQPConnection {
         if ca_amqp_login(conn, virtualHost, 2047, 131072, Int32(heartbeat), broker.user, broker.password,
                          connectionName, &err, err.count) != 0
         {
-            throw AMQPError("\(broker.host):\(broker.port): \(String(nulTerminated: err))")
+            let why = String(nulTerminated: err)
+            if let tls, why.contains("SSL error") {
+                // With TLS 1.3 the broker refuses a client certificate after the handshake.
+                let cert = tls.certFile.map { "the client certificate \($0)" } ?? "a connection without a client certificate"
+                throw AMQPError("\(broker.host):\(broker.port): TLS session ended by the broker during login (\(why)): does it accept \(cert)?")
+            }
+            throw AMQPError("\(broker.host):\(broker.port): \(why)")
         }
         amqp_channel_open(conn, channel)
         let reply = amqp_get_rpc_reply(conn)

@@ -215,3 +215,83 @@ def test_bad_or_huge_replies_do_not_cost_other_callers_their_answers(tmp_path, t
         assert "reconnected to broker" not in log and "dropped duplicate message" not in log
     finally:
         a.stop()
+
+
+def queue_messages(queue, vhost="/"):
+    out = subprocess.run(CTL + ["list_queues", "-p", vhost, "name", "messages"], capture_output=True, text=True, check=True).stdout
+    for line in out.splitlines():
+        parts = line.split()
+        if parts and parts[0] == queue:
+            return int(parts[1])
+    return None
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    d = tmp_path / "small-disk"
+    d.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(d)], check=True)
+    yield d
+    subprocess.run(["umount", "-l", str(d)], check=False)
+
+
+def fill(path):
+    """Writes zeros into `path` until the file system is full."""
+    with open(path, "wb", buffering=0) as f:
+        block = b"\0" * 65536
+        try:
+            while True:
+                f.write(block)
+                f.flush()
+        except OSError:
+            pass
+        try:
+            while True:
+                f.write(b"\0" * 512)
+                f.flush()
+        except OSError:
+            pass
+
+
+def test_full_disk_keeps_the_cast_with_the_broker_until_it_can_be_recorded(tmp_path, small_disk, transport):
+    """ENOSPC on the journal: the build is not acked (so not lost), STATUS says why, and once
+    space returns it runs exactly once."""
+    notify = NotifySocket(tmp_path / "notify.sock")
+    a = Agent(tmp_path)
+    a.conf.write_text(a.conf.read_text().replace(f"state_path = {a.state}", f"state_path = {small_disk}/state"))
+    try:
+        a.start(env={"NOTIFY_SOCKET": notify.path})
+        c = rpc_client(transport, a.host)
+        assert c.call({}, "ping")["pong"] is True
+        fill(small_disk / "filler")
+        # root_gb 0: the 8 MiB file system has no whole GB for a claim.
+        inst = {"uuid": str(uuid.uuid4()), "name": "vm-full", "vcpus": 1, "memory_mb": 64, "root_gb": 0}
+        c.cast({}, "build_and_run_instance", instance=inst)
+        deadline = time.time() + 15
+        while time.time() < deadline and "could not record the action; it stays with the broker" not in a.text():
+            time.sleep(0.1)
+        assert "could not record the action; it stays with the broker" in a.text(), a.text()[-3000:]
+        assert "the instance journal cannot be written" in a.text()
+        status = notify.collect(12, until=lambda f: "JOURNAL NOT WRITABLE" in f.get("STATUS", ""))
+        assert status and "casts stay with the broker" in status["STATUS"], notify.messages[-3:]
+        # The message is still the broker's (ready or delivered-unacked), not lost.
+        assert queue_messages(f"compute.{a.host}") == 1
+        with pytest.raises(oslo_messaging.RemoteError) as e:
+            c.call({}, "get_instance_info", instance_uuid=inst["uuid"])
+        assert e.value.exc_type == "InstanceNotFound"
+
+        (small_disk / "filler").unlink()
+        from conftest import wait_state
+        info = wait_state(c, inst["uuid"], "active", timeout=60)
+        assert info["power_state_name"] == "RUNNING"
+        assert "the instance journal is writable again" in a.text()
+        time.sleep(1)
+        assert a.text().count(f"instance_uuid={inst['uuid']}") >= 1
+        handled = [l for l in a.text().splitlines() if "rpc handled" in l and inst["uuid"] in l and "build_and_run_instance" in l]
+        assert len(handled) == 1, handled
+        assert queue_messages(f"compute.{a.host}") == 0
+        status = notify.collect(12, until=lambda f: f.get("STATUS", "").startswith("connected"))
+        assert status and "JOURNAL" not in status["STATUS"]
+    finally:
+        a.stop()
+        notify.sock.close()
