@@ -87,3 +87,35 @@ import Testing
         #expect(throws: JSONParseError.self) { try JSONValue.parse("{} trailing") }
     }
 }
+
+@Suite struct HostileConfigTests {
+    @Test(arguments: ["*", "#", "a*", "a b", "a\tb", "a\u{0}b", "a\u{85}b", String(repeating: "h", count: 248)])
+    func hostsThatCannotBeQueueNamesAreRefused(_ host: String) {
+        #expect(AgentConfiguration.hostNameProblem(host) != nil)
+    }
+
+    @Test(arguments: ["compute-1", "node.example.org", "ñandú", String(repeating: "h", count: 247)])
+    func ordinaryHostsAreAccepted(_ host: String) {
+        #expect(AgentConfiguration.hostNameProblem(host) == nil)
+    }
+
+    @Test func crlfFilesAreReadLineByLine() throws {
+        let ini = try IniFile(path: "x.conf", text: "[DEFAULT]\r\nhost = h1\r\nreport_interval = 5\r\n")
+        #expect(ini.sections["DEFAULT"]?["host"] == IniFile.Entry(value: "h1", line: 2))
+        #expect(ini.sections["DEFAULT"]?["report_interval"]?.line == 3)
+    }
+
+    @Test(arguments: ["0x10", "1e3", "nan", "inf", "", "+", "1.2.3", "5s"])
+    func onlyDecimalNumbers(_ text: String) {
+        #expect(!isDecimal(text))
+    }
+
+    @Test func logValuesCannotForgeLines() {
+        let forged = "vm\n2026-11-23T10:15:02.123Z ERROR [compute-agent] forged"
+        let escaped = LogEscaping.escaped(forged)
+        #expect(!escaped.contains("\n"))
+        #expect(escaped.hasPrefix("vm\\n2026"))
+        #expect(LogEscaping.escaped("plain text") == "plain text")
+        #expect(LogEscaping.escaped("a\u{1B}[31mb") == "a\\u{1B}[31mb")
+    }
+}
