@@ -197,9 +197,11 @@ private struct JSONParser {
         case UInt8(ascii: "t"): try expectWord("true"); return .bool(true)
         case UInt8(ascii: "f"): try expectWord("false"); return .bool(false)
         case UInt8(ascii: "n"): try expectWord("null"); return .null
-        case UInt8(ascii: "N"): try expectWord("NaN"); return .double(.nan)  // Python's json emits it
-        case UInt8(ascii: "-"), UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "I"):
+        case UInt8(ascii: "-"), UInt8(ascii: "0")...UInt8(ascii: "9"):
             return try parseNumber()
+        case UInt8(ascii: "N"), UInt8(ascii: "I"):
+            // Python's json can write NaN and Infinity; RFC 8259 has no such values.
+            throw error("NaN and Infinity are not JSON (RFC 8259)")
         default: throw error("unexpected character")
         }
     }
@@ -250,28 +252,47 @@ private struct JSONParser {
         }
     }
 
+    /// RFC 8259's grammar exactly: `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`
+    /// (so `01`, `1.`, `.5`, `+1`, `1e` are refused).
     mutating func parseNumber() throws(JSONParseError) -> JSONValue {
         let start = pos
+        func digits() -> Int {
+            let from = pos
+            while pos < bytes.count, bytes[pos] >= 0x30, bytes[pos] <= 0x39 { pos += 1 }
+            return pos - from
+        }
         if bytes[pos] == UInt8(ascii: "-") { pos += 1 }
-        if pos < bytes.count, bytes[pos] == UInt8(ascii: "I") {
-            try expectWord("Infinity")
-            return .double(bytes[start] == UInt8(ascii: "-") ? -.infinity : .infinity)
+        guard pos < bytes.count, bytes[pos] >= 0x30, bytes[pos] <= 0x39 else { throw error("a number needs a digit") }
+        if bytes[pos] == UInt8(ascii: "0") {
+            pos += 1
+            if pos < bytes.count, bytes[pos] >= 0x30, bytes[pos] <= 0x39 { throw error("leading zero in a number") }
+        } else {
+            _ = digits()
         }
         var isInteger = true
-        while pos < bytes.count {
-            let b = bytes[pos]
-            if b >= 0x30 && b <= 0x39 { pos += 1; continue }
-            if b == UInt8(ascii: ".") || b == UInt8(ascii: "e") || b == UInt8(ascii: "E")
-                || b == UInt8(ascii: "+") || b == UInt8(ascii: "-")
-            {
-                isInteger = false; pos += 1; continue
-            }
-            break
+        if pos < bytes.count, bytes[pos] == UInt8(ascii: ".") {
+            pos += 1
+            isInteger = false
+            guard digits() > 0 else { throw error("a fraction needs a digit after '.'") }
+        }
+        if pos < bytes.count, bytes[pos] == UInt8(ascii: "e") || bytes[pos] == UInt8(ascii: "E") {
+            pos += 1
+            isInteger = false
+            if pos < bytes.count, bytes[pos] == UInt8(ascii: "+") || bytes[pos] == UInt8(ascii: "-") { pos += 1 }
+            guard digits() > 0 else { throw error("an exponent needs a digit") }
         }
         let text = String(decoding: UnsafeBufferPointer(rebasing: bytes[start..<pos]), as: UTF8.self)
         if isInteger, let i = Int64(text) { return .int(i) }
-        guard let d = Double(text) else { throw JSONParseError(reason: "invalid number '\(text)'", offset: start) }
+        guard let d = Double(text), d.isFinite else { throw JSONParseError(reason: "number out of range '\(text)'", offset: start) }
         return .double(d)
+    }
+
+    /// The bytes of a string as text; invalid UTF-8 is an error, never silently replaced.
+    func text(_ utf8: some Collection<UInt8>, at offset: Int) throws(JSONParseError) -> String {
+        guard let s = String(validating: utf8, as: UTF8.self) else {
+            throw JSONParseError(reason: "invalid UTF-8 in string", offset: offset)
+        }
+        return s
     }
 
     mutating func parseString() throws(JSONParseError) -> String {
@@ -281,7 +302,7 @@ private struct JSONParser {
         while pos < bytes.count {
             let b = bytes[pos]
             if b == UInt8(ascii: "\"") {
-                let s = String(decoding: UnsafeBufferPointer(rebasing: bytes[start..<pos]), as: UTF8.self)
+                let s = try text(UnsafeBufferPointer(rebasing: bytes[start..<pos]), at: start)
                 pos += 1
                 return s
             }
@@ -294,7 +315,7 @@ private struct JSONParser {
             let b = bytes[pos]
             if b == UInt8(ascii: "\"") {
                 pos += 1
-                return String(decoding: scalars, as: UTF8.self)
+                return try text(scalars, at: start)
             }
             if b < 0x20 { throw error("control character in string") }
             if b != UInt8(ascii: "\\") { scalars.append(b); pos += 1; continue }
