@@ -47,7 +47,7 @@ extension ComputeManager: RPCEndpoint {
         case "get_instance_info": return try await instanceInfo(Self.instanceUUID(a))
         case "list_instances": return await listInstances()
         case "get_host_capabilities": return try await capabilities()
-        case "get_available_resource": return await availableResource()
+        case "get_available_resource": return try await availableResource()
         case "get_console_output": return try await consoleOutput(Self.instanceUUID(a), tailLength: a["tail_length"])
         case "get_diagnostics": return try await diagnostics(Self.instanceUUID(a))
         default:
@@ -137,9 +137,13 @@ extension ComputeManager {
     }
 
     /// The last resource audit (running one first if none has run).
-    func availableResource() async -> JSONValue {
+    func availableResource() async throws -> JSONValue {
         if lastAudit == nil { await updateAvailableResource() }
-        guard let a = lastAudit else { return .null }
+        guard let a = lastAudit else {
+            throw ComputeError(code: .hypervisorFailure,
+                               message: "the hypervisor has not reported usable resources (see the agent's log for the audit's error)",
+                               kwargs: [:])
+        }
         let usage = self.usage
         return .object([
             "vcpus": .int(Int64(a.totals.vcpus)), "memory_mb": .int(Int64(a.totals.memoryMB)), "local_gb": .int(Int64(a.totals.diskGB)),

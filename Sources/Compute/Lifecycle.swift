@@ -277,17 +277,49 @@ struct BuildRequest {
         guard let uuid = u.stringValue, Self.isUUID(uuid) else { throw .invalidInput("'uuid' must be a UUID string, got \(u.serialized())") }
         self.uuid = uuid.lowercased()
         name = i["name"]?.stringValue ?? i["display_name"]?.stringValue ?? "instance-\(uuid.prefix(8))"
+        try Self.limit("name", name, Self.maxNameLength)
         flavor = try parseFlavor(i, flavorArgs, what: "instance")
+        try Self.limit("flavor name", flavor.name, Self.maxNameLength)
         let ref = i["image_ref"] ?? args["image_ref"]
         if let ref, !ref.isNull {
             guard let s = ref.stringValue else { throw .invalidInput("'image_ref' must be a string, got \(ref.typeName)") }
+            try Self.limit("image_ref", s, Self.maxImageRefLength)
             imageRef = s.isEmpty ? nil : s
         }
         checksum = i["image_checksum"]?.stringValue
+        if let checksum { try Self.limit("image_checksum", checksum, 256) }
         switch i["vifs"] ?? args["network_info"] {
         case nil, .null?: vifs = []
-        case .array(let a)?: vifs = a
+        case .array(let a)?:
+            guard a.count <= Self.maxVIFs else {
+                throw .invalidInput("an instance has at most \(Self.maxVIFs) network interfaces, got \(a.count)")
+            }
+            vifs = a
         case let other?: throw .invalidInput("'vifs' must be a list, got \(other.typeName)")
+        }
+        if let m = i["metadata"], !m.isNull {
+            guard case .object(let meta) = m else { throw .invalidInput("'metadata' must be an object, got \(m.typeName)") }
+            guard meta.count <= Self.maxMetadataItems else {
+                throw .invalidInput("'metadata' has at most \(Self.maxMetadataItems) items, got \(meta.count)")
+            }
+            for (k, v) in meta {
+                try Self.limit("metadata key", k, Self.maxNameLength)
+                guard let s = v.stringValue else { throw .invalidInput("metadata values must be strings, got \(v.typeName)") }
+                try Self.limit("metadata value", s, Self.maxNameLength)
+            }
+        }
+    }
+
+    /// The API's limits (nova's where nova has one: names and metadata keys/values are
+    /// 255 characters, 128 metadata items). docs/rpc-api.md lists them.
+    static let maxNameLength = 255
+    static let maxImageRefLength = 4096
+    static let maxVIFs = 64
+    static let maxMetadataItems = 128
+
+    static func limit(_ what: String, _ value: String, _ max: Int) throws(ComputeError) {
+        guard value.count <= max else {
+            throw .invalidInput("'\(what)' is at most \(max) characters, got \(value.count)")
         }
     }
 

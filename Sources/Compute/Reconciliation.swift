@@ -287,8 +287,14 @@ extension ComputeManager {
             return
         }
         let (disk, free) = await diskFigures
-        let totals = ResourceTracker.Totals(vcpus: info["vcpus"]?.intValue ?? 0, memoryMB: info["memory_mb"]?.intValue ?? 0,
-                                            diskGB: disk, diskFreeGB: free)
+        // A plugin that answers with the wrong types must not turn into a host with zero
+        // capacity: the audit is refused and the last good one (if any) stays.
+        guard let vcpus = info["vcpus"]?.intValue, vcpus >= 0, let memoryMB = info["memory_mb"]?.intValue, memoryMB >= 0 else {
+            logger.error("resource audit: the hypervisor plugin reported unusable resources (vcpus and memory_mb must be non-negative integers): vcpus=\(info["vcpus"]?.serialized() ?? "missing") memory_mb=\(info["memory_mb"]?.serialized() ?? "missing")")
+            _ = try? await listing
+            return
+        }
+        let totals = ResourceTracker.Totals(vcpus: vcpus, memoryMB: memoryMB, diskGB: disk, diskFreeGB: free)
         tracker.totals = totals
         let usage = self.usage
         let limits = tracker.limits(totals)

@@ -263,10 +263,16 @@ public final class RPCServer: Sendable {
     }
 
     private func launch(_ item: Admitted) {
+        let ticket = item.ticket
+        let large = item.delivery.body.count >= MemoryTrim.threshold
+        // The message is handed over in a box the task empties, so that once it is handled
+        // nothing holds its body and a trim can give a large one's memory back.
+        let box = AdmittedBox(item)
         Task {
-            if let t = item.ticket { await self.ordering.acquire(t) }
-            await self.process(item.delivery, item.parsed)
-            if let t = item.ticket { self.ordering.release(t) }
+            if let t = ticket { await self.ordering.acquire(t) }
+            if let item = box.take() { await self.process(item.delivery, item.parsed) }
+            if large { MemoryTrim.release() }
+            if let t = ticket { self.ordering.release(t) }
             self.handlerFinished()
         }
     }
@@ -504,6 +510,18 @@ private struct Admitted: Sendable {
     let delivery: AMQPDelivery
     let parsed: Result<RPCRequest, MalformedMessage>
     let ticket: KeyedFIFOLock.Ticket?
+}
+
+/// Hands one delivery to its handler task exactly once.
+private final class AdmittedBox: Sendable {
+    private let item: Mutex<Admitted?>
+    init(_ item: Admitted) { self.item = Mutex(item) }
+    func take() -> Admitted? {
+        item.withLock { i in
+            defer { i = nil }
+            return i
+        }
+    }
 }
 
 /// How many handlers run, which deliveries wait for a slot, and who waits for the end.

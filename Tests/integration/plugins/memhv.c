@@ -42,6 +42,7 @@ typedef struct memhv {
   pthread_mutex_t lock;
   char state_file[512];
   int vcpus, memory_mb, spawn_sleep_ms;
+  int bad_host_info; /* answer host info with the wrong types, as a broken driver might */
   domain *doms;
   int count;
 } memhv;
@@ -134,6 +135,8 @@ static ca_status m_init(const ca_host_api *host, void **state, ca_error *err) {
   m->memory_mb = v ? atoi(v) : 16384;
   v = host->config_get(host->host_context, "spawn_sleep_ms");
   m->spawn_sleep_ms = v ? atoi(v) : 1000;
+  v = host->config_get(host->host_context, "bad_host_info");
+  m->bad_host_info = v && strcmp(v, "true") == 0;
   m->doms = calloc(MAX_DOMAINS, sizeof(domain));
   v = host->config_get(host->host_context, "seed_count");
   for (int i = 0; v && i < atoi(v) && i < MAX_DOMAINS; i++) {
@@ -157,6 +160,10 @@ static void m_shutdown(void *state) {
 static ca_status m_host_info(void *state, char **out, ca_error *err) {
   (void)err;
   memhv *m = state;
+  if (m->bad_host_info) {
+    *out = strdup("{\"hypervisor_type\": \"memhv\", \"vcpus\": \"many\", \"memory_mb\": null}");
+    return CA_OK;
+  }
   char buf[512];
   snprintf(buf, sizeof buf,
            "{\"hypervisor_type\": \"memhv\", \"hypervisor_version\": 1, \"hypervisor_hostname\": \"memhv\", "
