@@ -1,6 +1,8 @@
 import AgentSupport
+import Dispatch
 import Logging
 import PluginABI
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -68,10 +70,14 @@ struct PluginHandle: @unchecked Sendable {
 public struct PluginLoader: Sendable {
     public let directory: String
     public let logger: Logger
+    /// How long a plugin's `init` may take (`plugin_call_timeout`): a hung init refuses
+    /// the plugin instead of hanging the agent's start-up.
+    public let initTimeout: Double
 
-    public init(directory: String, logger: Logger) {
+    public init(directory: String, logger: Logger, initTimeout: Double = 300) {
         self.directory = directory
         self.logger = logger
+        self.initTimeout = initTimeout
     }
 
     func path(kind: PluginKind, name: String) -> String {
@@ -87,9 +93,15 @@ public struct PluginLoader: Sendable {
 
         try checkOwnership(of: directory, isDirectory: true, refuse)
         try checkOwnership(of: path, isDirectory: false, refuse)
-        try checkELF(path, refuse)
+        // Through symlinks too: every directory on the file's real path must be one only
+        // root or the agent's user can change, or the file could be swapped under us.
+        guard let real = realpath(path, nil) else { throw refuse("cannot resolve the path: \(String(cString: strerror(errno)))") }
+        let realPath = String(cString: real)
+        free(real)
+        try checkDirectories(above: realPath, refuse)
+        if let problem = ELFCheck.validate(realPath) { throw refuse(problem) }
 
-        guard let lib = dlopen(path, RTLD_NOW | RTLD_LOCAL) else {
+        guard let lib = dlopen(realPath, RTLD_NOW | RTLD_LOCAL) else {
             throw refuse("dlopen failed: \(dlerror().map { String(cString: $0) } ?? "unknown error")")
         }
         // Plugins are never unloaded: threads they started may still run their code.
@@ -135,11 +147,12 @@ public struct PluginLoader: Sendable {
 
         let context = PluginHostContext(pluginName: name, logger: logger, options: options, onEvent: onEvent)
         let header = vtable.assumingMemoryBound(to: ca_network_vtable.self)  // every vtable starts alike
-        var state: UnsafeMutableRawPointer?
-        var err = ca_error()
-        let status = header.pointee.`init`!(context.table, &state, &err)
-        guard status == CA_OK else {
-            throw refuse("init failed: \(PluginError.from(status: status, plugin: name, operation: "init", message: errorText(&err)).message)")
+        guard let outcome = Self.runInit(header.pointee.`init`!, context.table, timeout: initTimeout, plugin: name) else {
+            throw refuse("init did not return within \(initTimeout) s (plugin_call_timeout); the plugin is hung")
+        }
+        let state = outcome.state
+        guard outcome.status == CA_OK else {
+            throw refuse("init failed: \(PluginError.from(status: outcome.status, plugin: name, operation: "init", message: outcome.message).message)")
         }
         logger.info("plugin loaded", metadata: [
             "plugin": "\(name)", "kind": "\(kind.rawValue)", "version": "\(info.version)",
@@ -171,14 +184,46 @@ public struct PluginLoader: Sendable {
         }
     }
 
-    private func checkELF(_ path: String, _ refuse: (String) -> PluginLoadError) throws(PluginLoadError) {
-        guard let f = fopen(path, "rb") else { throw refuse("cannot open: \(String(cString: strerror(errno)))") }
-        defer { fclose(f) }
-        var magic = [UInt8](repeating: 0, count: 4)
-        let n = fread(&magic, 1, 4, f)
-        guard n == 4, magic == [0x7F, 0x45, 0x4C, 0x46] else {
-            throw refuse("is not a shared object (no ELF header)")
+    /// Every directory from `/` down to the one holding `realPath`: owned by root or the
+    /// agent's user, and not writable by others unless sticky (as `/tmp`: there only an
+    /// entry's owner may replace it, and the next component is checked in turn).
+    private func checkDirectories(above realPath: String, _ refuse: (String) -> PluginLoadError) throws(PluginLoadError) {
+        var dir = ""
+        let parts = realPath.split(separator: "/").dropLast()
+        for part in [""] + parts.map(String.init) {
+            dir = part.isEmpty ? "/" : (dir == "/" ? "/" + part : dir + "/" + part)
+            var st = stat()
+            guard stat(dir, &st) == 0 else { throw refuse("cannot access \(dir): \(String(cString: strerror(errno)))") }
+            let me = geteuid()
+            guard st.st_uid == 0 || st.st_uid == me else {
+                throw refuse("directory \(dir) on the plugin's real path is owned by uid \(st.st_uid), not by root or the agent's user")
+            }
+            if st.st_mode & (S_IWGRP | S_IWOTH) != 0 && st.st_mode & S_ISVTX == 0 {
+                let mode = String(st.st_mode & 0o7777, radix: 8)
+                throw refuse("directory \(dir) on the plugin's real path is group- or world-writable (mode \(mode)); refusing code anyone could replace")
+            }
         }
+    }
+
+    /// Runs a plugin's init on its own thread and waits at most `timeout`; nil if it did
+    /// not return (the thread is left behind: the agent refuses to start anyway).
+    static func runInit(_ initFn: @convention(c) (UnsafePointer<ca_host_api>?, UnsafeMutablePointer<UnsafeMutableRawPointer?>?,
+                                                  UnsafeMutablePointer<ca_error>?) -> ca_status,
+                        _ table: UnsafePointer<ca_host_api>, timeout: Double, plugin: String)
+        -> (status: ca_status, state: UnsafeMutableRawPointer?, message: String)?
+    {
+        let box = InitOutcome()
+        let done = DispatchSemaphore(value: 0)
+        let call = InitCall(initFn: initFn, table: table)
+        startDedicatedThread(name: "plugin-init") {
+            var state: UnsafeMutableRawPointer?
+            var err = ca_error()
+            let status = call.initFn(call.table, &state, &err)
+            box.set((status, state.map { UInt(bitPattern: $0) }, errorText(&err)))
+            done.signal()
+        }
+        guard done.wait(timeout: .now() + timeout) == .success, let r = box.get() else { return nil }
+        return (r.0, r.1.flatMap { UnsafeMutableRawPointer(bitPattern: $0) }, r.2)
     }
 
     static func minimumVTableSize(_ kind: PluginKind) -> Int {
@@ -215,6 +260,22 @@ public struct PluginLoader: Sendable {
             return required.first { !$0.1 }?.0
         }
     }
+}
+
+/// A plugin's init function and its host table, handed to the init thread.
+private struct InitCall: @unchecked Sendable {
+    // Safe: the host table lives as long as the plugin (its context is never freed), and
+    // the function pointer is immutable code.
+    let initFn: @convention(c) (UnsafePointer<ca_host_api>?, UnsafeMutablePointer<UnsafeMutableRawPointer?>?,
+                                UnsafeMutablePointer<ca_error>?) -> ca_status
+    let table: UnsafePointer<ca_host_api>
+}
+
+/// What init returned (the state pointer as an integer, so it can cross threads).
+private final class InitOutcome: Sendable {
+    private let value = Mutex<(ca_status, UInt?, String)?>(nil)
+    func set(_ v: (ca_status, UInt?, String)) { value.withLock { $0 = v } }
+    func get() -> (ca_status, UInt?, String)? { value.withLock { $0 } }
 }
 
 /// The NUL-terminated message in a ca_error.

@@ -258,7 +258,7 @@ public struct PluginSet: Sendable {
     public static func load(configuration c: AgentConfiguration, logger: Logger,
                             onEvent: @escaping @Sendable (String, JSONValue) -> Void) throws(PluginLoadError) -> PluginSet
     {
-        let loader = PluginLoader(directory: c.pluginDir, logger: logger)
+        let loader = PluginLoader(directory: c.pluginDir, logger: logger, initTimeout: c.pluginCallTimeout)
         let executor = BlockingExecutor(threads: c.pluginThreads)
         func caller(_ kind: PluginKind, _ name: String) throws(PluginLoadError) -> PluginCaller {
             let (info, handle) = try loader.load(kind: kind, name: name, options: c.pluginSections[name] ?? [:], onEvent: onEvent)

@@ -115,3 +115,37 @@ def test_shared_object_without_entry_symbol_is_refused(tmp_path, plugin_dir):
     code, err = start_agent(tmp_path, plugin_dir)
     assert code == 1
     assert "does not export the entry symbol 'compute_agent_plugin_entry'" in err
+
+
+@pytest.mark.parametrize("cut", ["1000_bytes", "half", "last_byte"])
+def test_truncated_plugin_is_refused_not_a_crash(tmp_path, plugin_dir, cut):
+    """A plugin cut short used to pass the magic check and kill the agent with SIGBUS."""
+    so = build_plugin(plugin_dir)
+    data = so.read_bytes()
+    keep = {"1000_bytes": 1000, "half": len(data) // 2, "last_byte": len(data) - 1}[cut]
+    so.write_bytes(data[:keep])
+    code, err = start_agent(tmp_path, plugin_dir)
+    assert code == 1, (code, err)
+    assert "is truncated" in err and "libcompute_network_testnet.so" in err, err
+
+
+def test_plugin_reached_through_a_symlink_into_a_writable_directory_is_refused(tmp_path, plugin_dir):
+    elsewhere = tmp_path / "open-dir"
+    elsewhere.mkdir()
+    os.chmod(elsewhere, 0o777)  # anyone may replace what is in it (no sticky bit)
+    so = build_plugin(plugin_dir)
+    target = elsewhere / so.name
+    shutil.move(so, target)
+    os.symlink(target, so)
+    code, err = start_agent(tmp_path, plugin_dir)
+    assert code == 1
+    assert f"directory {elsewhere} on the plugin's real path is group- or world-writable (mode 777)" in err
+
+
+def test_plugin_whose_init_hangs_is_refused_after_the_call_deadline(tmp_path, plugin_dir):
+    build_plugin(plugin_dir, "HANG_INIT")
+    conf = write_config(tmp_path / "agent.conf", "plugin-hang", tmp_path / "state", plugin_dir=plugin_dir,
+                        extra_default="network_plugin = testnet\nplugin_call_timeout = 2")
+    p = subprocess.run([str(AGENT), "--config-file", str(conf)], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 1
+    assert "init did not return within 2.0 s (plugin_call_timeout); the plugin is hung" in p.stderr

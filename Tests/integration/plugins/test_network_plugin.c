@@ -4,8 +4,10 @@
  *   -DWRONG_KIND    descriptor says hypervisor
  *   -DMISSING_UNPLUG  the required unplug function is NULL
  *   -DFAIL_INIT     init refuses with a message
+ *   -DHANG_INIT     init never returns
  */
 #include <compute_agent_plugin.h>
+#include <unistd.h>
 
 #ifndef PLUGIN_NAME
 #define PLUGIN_NAME "testnet"
@@ -14,6 +16,9 @@
 static ca_status t_init(const ca_host_api *host, void **state, ca_error *err) {
   (void)host;
   *state = 0;
+#ifdef HANG_INIT
+  for (;;) pause();
+#endif
 #ifdef FAIL_INIT
   return ca_error_set(err, CA_ERR_UNAVAILABLE, "test plugin refuses to start: no uplink");
 #else
