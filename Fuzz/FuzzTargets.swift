@@ -1,0 +1,60 @@
+// libFuzzer entry points for every decoder that reads bytes from outside the agent. Each
+// binary is this file plus the decoders' own sources, built by Fuzz/run.sh with
+// `-sanitize=fuzzer,address` and one of the -D flags below. A target returns normally for
+// every input (a refusal is a thrown, typed error); a crash, an ASan report or a timeout
+// is a bug, and its input goes into the seed corpus and a regression test.
+
+@_cdecl("LLVMFuzzerTestOneInput")
+public func fuzzOne(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
+    let bytes = UnsafeBufferPointer(start: data, count: size)
+    #if FUZZ_JSON
+    // The JSON reader: parse, and a parsed value must write out and read back equal.
+    if let v = try? JSONValue.parse(bytes: bytes) {
+        let again = try? JSONValue.parse(v.serialized())
+        precondition(again == v || v.containsNaNFreeDoubleRounding, "write/read round trip changed the value")
+    }
+    #elseif FUZZ_OSLO
+    // The oslo envelope and request decoder, and the byte scan for a too-large call.
+    if let m = try? OsloMessage.unwrap(body: Array(bytes)) { _ = try? OsloMessage.request(from: m) }
+    _ = OsloMessage.callAddress(scanning: Array(bytes))
+    #elseif FUZZ_INI
+    // The configuration parser, on text as a file would give it.
+    let text = String(decoding: bytes, as: UTF8.self)
+    _ = try? IniFile(path: "fuzz.conf", text: text)
+    #elseif FUZZ_URL
+    // transport_url: and an error must never quote what came after "user:".
+    let text = String(decoding: bytes, as: UTF8.self)
+    do { _ = try TransportURL(parsing: text) } catch {
+        if let at = text.firstIndex(of: "@"), let colon = text[..<at].lastIndex(of: ":"), text[colon...].count > 12 {
+            let secret = String(text[text.index(after: colon)..<at])
+            // The scheme (before the first ':') may be quoted; it is never the password.
+            let scheme = text.firstIndex(of: ":").map { String(text[..<$0]) } ?? ""
+            precondition(secret.count < 6 || scheme.contains(secret) || !error.message.contains(secret),
+                         "error quotes the password")
+        }
+    }
+    #elseif FUZZ_ELF
+    // The plugin file check, on an arbitrary file image.
+    let image = Array(bytes)
+    _ = ELFCheck.check(header: Array(image.prefix(64)) + Array(repeating: 0, count: max(0, 64 - image.count)), size: image.count) { off, n in
+        guard off >= 0, n >= 0, off <= image.count, n <= image.count - off else { return nil }
+        return Array(image[off..<(off + n)])
+    }
+    #endif
+    return 0
+}
+
+#if FUZZ_JSON
+extension JSONValue {
+    /// Doubles may print shorter than they parsed (`1.0` → `1`); equality then compares an
+    /// int with a double. Such values are accepted by the round-trip check.
+    var containsNaNFreeDoubleRounding: Bool {
+        switch self {
+        case .double: return true
+        case .array(let a): return a.contains { $0.containsNaNFreeDoubleRounding }
+        case .object(let o): return o.values.contains { $0.containsNaNFreeDoubleRounding }
+        default: return false
+        }
+    }
+}
+#endif
