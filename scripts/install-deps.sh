@@ -27,6 +27,7 @@ fi
 PY_PACKAGES=(
   "oslo.messaging==18.3.1"   # the reference client for the interoperability tests
   "pytest"
+  "pika==1.3.2"              # raw AMQP publishing for the hostile-message corpus test
 )
 
 need_root() {
@@ -64,7 +65,7 @@ fi
 py_missing=0
 python3 - <<'PY' || py_missing=1
 import importlib.metadata as m, sys
-want = {"oslo.messaging": "18.3.1", "pytest": None}
+want = {"oslo.messaging": "18.3.1", "pytest": None, "pika": "1.3.2"}
 for name, ver in want.items():
     try:
         have = m.version(name)

@@ -76,16 +76,27 @@ extension ComputeManager: RPCEndpoint {
     static func instanceUUID(_ a: [String: JSONValue]) throws(ComputeError) -> String {
         if let v = a["instance_uuid"] {
             guard let s = v.stringValue else { throw .invalidInput("'instance_uuid' must be a string, got \(v.typeName)") }
-            return s.lowercased()
+            return try checkedUUID(s, "instance_uuid")
         }
         switch a["instance"] {
-        case .string(let s)?: return s.lowercased()
+        case .string(let s)?: return try checkedUUID(s, "instance")
         case .object(let o)?:
             guard let s = o["uuid"]?.stringValue else { throw .invalidInput("'instance' has no string 'uuid'") }
-            return s.lowercased()
+            return try checkedUUID(s, "instance.uuid")
         case let other?: throw .invalidInput("'instance' must be an object or a uuid string, got \(other.typeName)")
         case nil: throw .invalidInput("missing 'instance_uuid' (or 'instance')")
         }
+    }
+
+    /// Instances are named by UUID (as in nova); anything else is refused before it
+    /// reaches a lock, the journal or a plugin. The refused text is quoted, cut to 64
+    /// characters.
+    static func checkedUUID(_ s: String, _ what: String) throws(ComputeError) -> String {
+        guard BuildRequest.isUUID(s) else {
+            let shown = s.count > 64 ? String(s.prefix(64)) + "…" : s
+            throw .invalidInput("'\(what)' must be a UUID, got '\(shown)'")
+        }
+        return s.lowercased()
     }
 }
 

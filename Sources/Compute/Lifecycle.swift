@@ -272,11 +272,25 @@ struct BuildRequest {
     init(args: [String: JSONValue]) throws(ComputeError) {
         guard let instance = args["instance"] else { throw .invalidInput("build_and_run_instance needs an 'instance' argument") }
         guard case .object(let i) = instance else { throw .invalidInput("'instance' must be an object, got \(instance.typeName)") }
+        if let f = args["flavor"] ?? i["flavor"], !f.isNull, f.objectValue == nil {
+            throw .invalidInput("'flavor' must be an object, got \(f.typeName)")
+        }
         let flavorArgs = args["flavor"]?.objectValue ?? i["flavor"]?.objectValue ?? [:]
         guard let u = i["uuid"] else { throw .invalidInput("instance has no 'uuid'") }
         guard let uuid = u.stringValue, Self.isUUID(uuid) else { throw .invalidInput("'uuid' must be a UUID string, got \(u.serialized())") }
         self.uuid = uuid.lowercased()
-        name = i["name"]?.stringValue ?? i["display_name"]?.stringValue ?? "instance-\(uuid.prefix(8))"
+        func optionalString(_ key: String) throws(ComputeError) -> String? {
+            guard let v = i[key], !v.isNull else { return nil }
+            guard let s = v.stringValue else { throw .invalidInput("'\(key)' must be a string, got \(v.typeName)") }
+            return s
+        }
+        if let n = try optionalString("name") {
+            name = n
+        } else if let n = try optionalString("display_name") {
+            name = n
+        } else {
+            name = "instance-\(uuid.prefix(8))"
+        }
         try Self.limit("name", name, Self.maxNameLength)
         flavor = try parseFlavor(i, flavorArgs, what: "instance")
         try Self.limit("flavor name", flavor.name, Self.maxNameLength)
@@ -286,7 +300,7 @@ struct BuildRequest {
             try Self.limit("image_ref", s, Self.maxImageRefLength)
             imageRef = s.isEmpty ? nil : s
         }
-        checksum = i["image_checksum"]?.stringValue
+        checksum = try optionalString("image_checksum")
         if let checksum { try Self.limit("image_checksum", checksum, 256) }
         switch i["vifs"] ?? args["network_info"] {
         case nil, .null?: vifs = []

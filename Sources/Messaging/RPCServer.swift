@@ -314,11 +314,16 @@ public final class RPCServer: Sendable {
         switch parsed {
         case .success(let r): request = r
         case .failure(let error):
-            if error.tooLarge, let address = OsloMessage.callAddress(scanning: delivery.body) {
-                // Too big to take in, but the caller can still hear why.
-                logger.error("refused oversized call: \(error.reason)", metadata: ["routing_key": "\(delivery.routingKey)"])
+            if let address = OsloMessage.callAddress(scanning: delivery.body),
+               Self.replyQueueProblem(address.replyQueue) == nil
+            {
+                // Not a request we can run, but a call whose caller can still hear why
+                // (too large to parse, or not valid JSON/UTF-8 around a readable address).
+                logger.error("refused \(error.tooLarge ? "oversized" : "malformed") call: \(error.reason)",
+                             metadata: ["routing_key": "\(delivery.routingKey)", "bytes": "\(delivery.body.count)"])
                 worker.ack(delivery)
-                let failure = RemoteFailure(className: "MessageTooLarge", module: "compute_agent.exception", message: error.reason)
+                let failure = RemoteFailure(className: error.tooLarge ? "MessageTooLarge" : "MalformedMessage",
+                                            module: "compute_agent.exception", message: error.reason)
                 sendReply(OsloMessage.replyBody(result: .null, failure: failure, ending: true, messageID: address.messageID),
                           to: address.replyQueue, uniqueID: nil, meta: [:])
                 return
