@@ -14,11 +14,23 @@ fi
 
 echo "== build"
 swift build 2>&1 | tail -3
+# Runs `swift test` with the given flags; on failure shows the end of its output.
+unit_tests() {
+  local log
+  log=$(mktemp)
+  if ! swift test "$@" >"$log" 2>&1; then
+    tail -60 "$log"
+    echo "test: swift test $* FAILED" >&2
+    exit 1
+  fi
+  grep -E '✘|Test run with|Executed .* tests' "$log" | tail -3 || true
+  rm -f "$log"
+}
 echo "== Swift unit tests"
-swift test 2>&1 | grep -vE '^(Test Case|◇|↳)' | tail -15
+unit_tests
 echo "== Swift unit tests under AddressSanitizer, then ThreadSanitizer (own build folders)"
-swift test --sanitize=address --scratch-path .build-asan 2>&1 | grep -E '✘|ERROR: AddressSanitizer|Test run with' | tail -5
-swift test --sanitize=thread --scratch-path .build-tsan 2>&1 | grep -E '✘|WARNING: ThreadSanitizer|Test run with' | tail -5
+LSAN_OPTIONS="suppressions=$PWD/Tests/lsan.supp" unit_tests --sanitize=address --scratch-path .build-asan
+unit_tests --sanitize=thread --scratch-path .build-tsan
 if [ "${SKIP_FUZZ:-0}" != 1 ]; then
   echo "== fuzzing every decoder of outside bytes (${FUZZ_SECONDS:-45} s each; Fuzz/run.sh)"
   FUZZ_SECONDS=${FUZZ_SECONDS:-45} bash Fuzz/run.sh
