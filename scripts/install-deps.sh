@@ -12,6 +12,9 @@ DEB_PACKAGES=(
   libvirt-dev            # the libvirt hypervisor plugin
   libsqlite3-dev         # the crash-safe instance store (InstanceStore module)
   libsystemd-dev         # journald / sd_notify (daemon integration)
+  libcurl4-openssl-dev   # HTTP for the glance image-fetch plugin (libcurl through a C shim)
+  libssl-dev             # libcrypto digests (sha512/md5/sha256) for the image plugins
+  curl                   # scripts/glance.sh health checks
   rabbitmq-server        # the broker tests and the demo run on loopback
   libvirt-daemon         # libvirtd, for the real-QEMU test where it can run
   libvirt-daemon-driver-qemu
