@@ -10,6 +10,7 @@ import PackageDescription
 //   InstanceStore  – the crash-safe records of instances and operations (SQLite, WAL)
 //   JSON           – the JSON value type, parser and writer (wire format and plugin calls)
 //   AgentSupport   – configuration file parsing, logging, threads shared by the executables
+//   HTTPShim       – a small blocking HTTP client over libcurl for the image plugins
 let package = Package(
     name: "ComputeAgent",
     platforms: [.macOS(.v15)],
@@ -19,6 +20,7 @@ let package = Package(
         // Plugins: each is a shared object that the agent dlopens from plugin_dir.
         .library(name: "compute_hypervisor_libvirt", type: .dynamic, targets: ["LibvirtHypervisor"]),
         .library(name: "compute_image_file", type: .dynamic, targets: ["FileImageFetcher"]),
+        .library(name: "compute_image_glance", type: .dynamic, targets: ["GlanceImageFetcher"]),
         .library(name: "compute_network_noop", type: .dynamic, targets: ["NoopNetwork"]),
     ],
     dependencies: [
@@ -38,6 +40,11 @@ let package = Package(
                        providers: [.apt(["libsystemd-dev"])]),
         .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3",
                        providers: [.apt(["libsqlite3-dev"])]),
+        .systemLibrary(name: "CCurl", pkgConfig: "libcurl",
+                       providers: [.apt(["libcurl4-openssl-dev"])]),
+        .systemLibrary(name: "CCrypto", pkgConfig: "libcrypto",
+                       providers: [.apt(["libssl-dev"])]),
+        .target(name: "HTTPShim", dependencies: ["CCurl"]),
 
         // Agent modules
         .target(name: "JSON"),
@@ -71,11 +78,13 @@ let package = Package(
         ]),
 
         // Plugin SDK and the shipped plugins
-        .target(name: "PluginSDK", dependencies: ["PluginABI", "JSON"]),
+        .target(name: "PluginSDK", dependencies: ["PluginABI", "JSON", "CCrypto"]),
         .target(name: "LibvirtHypervisor", dependencies: ["PluginSDK", "PluginABI", "CLibvirt"],
                 path: "Plugins/LibvirtHypervisor"),
         .target(name: "FileImageFetcher", dependencies: ["PluginSDK", "PluginABI"],
                 path: "Plugins/FileImageFetcher"),
+        .target(name: "GlanceImageFetcher", dependencies: ["PluginSDK", "PluginABI", "HTTPShim"],
+                path: "Plugins/GlanceImageFetcher"),
         .target(name: "NoopNetwork", dependencies: ["PluginABI"], path: "Plugins/NoopNetwork"),
 
         // Unit tests (the integration tests against real parts live in Tests/integration)

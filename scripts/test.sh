@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on real parts: installs what is missing, starts a loopback
-# RabbitMQ (and libvirtd for the real-QEMU test where it can run), builds, runs the Swift
+# RabbitMQ and a real Glance (scripts/glance.sh) (and libvirtd for the real-QEMU test where it can run), builds, runs the Swift
 # unit tests (plain, under ASan and under TSan), fuzzes each decoder for a bounded time,
 # then the integration tests (real oslo.messaging, real libvirt, real broker).
 set -euo pipefail
@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 
 bash scripts/install-deps.sh
 bash scripts/rabbitmq.sh start
+bash scripts/glance.sh start
 if ! bash scripts/libvirtd.sh start; then
   echo "test: libvirtd could not be started here; the real-QEMU test will be skipped with the reason"
 fi

@@ -62,7 +62,8 @@ final class FileImageFetcher: @unchecked Sendable {
         }
 
         try makeParents(of: dest)
-        var hasher = SHA256()
+        // libcrypto's sha256 (through PluginSDK.Digest), not a hand-written one.
+        let hasher = Digest("sha256")!
         var digest = ""
         let total = try PluginFiles.atomicCopy(from: src, to: dest, inspect: { chunk, total throws(PluginFailure) in
             if maxBytes > 0 && total > maxBytes {
@@ -70,7 +71,7 @@ final class FileImageFetcher: @unchecked Sendable {
             }
             hasher.update(chunk)
         }, verify: { () throws(PluginFailure) in
-            digest = hasher.finish()
+            digest = hasher.hex()
             if let wanted, wanted != digest {
                 throw PluginFailure(CA_ERR_INVALID_ARGUMENT, "checksum mismatch for \(src): expected sha256:\(wanted), got sha256:\(digest)")
             }

@@ -74,6 +74,8 @@ public actor ComputeManager {
     /// Why the journal cannot be written (full disk, read-only, I/O error), while it cannot;
     /// and how many writes in a row failed (sets the requeue delay).
     public private(set) var journalProblem: String?
+    /// The auth token of the request running for an instance (not journalled).
+    var authTokens: [String: String] = [:]
     var journalFailures = 0
 
     public init(settings: Settings, plugins: PluginSet, store: InstanceStore, notifier: InstanceNotifier, logger: Logger) {
@@ -113,7 +115,11 @@ public actor ComputeManager {
             return instances[uuid]?.rpcJSON ?? .object(["uuid": .string(uuid), "vm_state": "deleted"])
         }
         Failpoints.hit("rpc.before_record")
-        let opArgs: JSONValue = .object(["args": .object(args), "context": .object(context)])
+        // The caller's token is a secret: it is kept in memory for the run (image downloads
+        // pass it on), never written to the journal.
+        var storedContext = context
+        let token = storedContext.removeValue(forKey: "auth_token")?.stringValue
+        let opArgs: JSONValue = .object(["args": .object(args), "context": .object(storedContext)])
         // Checked before waiting for the lock, so bad input is refused at once.
         if action == .build { _ = try BuildRequest(args: args) }
         let ticket = locks.ticket(uuid)
@@ -147,6 +153,7 @@ public actor ComputeManager {
                                requeueAfter: delay)
         }
         openOperations[uuid] = op
+        if let token { authTokens[uuid] = token }
         Failpoints.hit("rpc.after_record")
         delivery.acknowledge()
         return try await run(action, op: op, resuming: false)
@@ -232,6 +239,7 @@ public actor ComputeManager {
                 instances[uuid] = nil
             }
             openOperations[uuid] = nil
+            authTokens[uuid] = nil
             await persist(changes, uuid: uuid)
             if let record { notify(action, "end", record) }
             return result
@@ -240,6 +248,7 @@ public actor ComputeManager {
             op.state = .failed
             op.result = .object(["error": .string(failure.code.rawValue), "message": .string(failure.message)])
             openOperations[uuid] = nil
+            authTokens[uuid] = nil
             var changes: [InstanceStore.Change] = [.putOperation(op)]
             if let r = instances[uuid] { changes.append(.putInstance(uuid: uuid, body: r.storeJSON)) }
             await persist(changes, uuid: uuid)

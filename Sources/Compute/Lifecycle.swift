@@ -27,10 +27,8 @@ extension ComputeManager {
             await step(&op, "fetch")
             if let ref = r.imageRef {
                 try await makeInstanceDirectory(uuid)
-                var req: [String: JSONValue] = ["image_ref": .string(ref), "dest_path": .string(r.diskPath)]
-                if let c = r.imageChecksum { req["checksum"] = .string(c) }
-                if r.rootGB > 0 { req["max_bytes"] = .int(Int64(r.rootGB) << 30) }
-                _ = try await plugins.imageFetcher.fetch(.object(req))
+                let fetched = try await plugins.imageFetcher.fetch(imageRequest(r, ref: ref, dest: r.diskPath, context: context))
+                logFetch(l, ref, fetched)
             }
             Failpoints.hit("build.after_fetch")
             await step(&op, "plug")
@@ -95,7 +93,7 @@ extension ComputeManager {
             if let ref = args["rescue_image_ref"]?.stringValue ?? r.imageRef {
                 try await makeInstanceDirectory(uuid)
                 let path = "\(instanceDirectory(uuid))/disk.rescue"
-                _ = try await plugins.imageFetcher.fetch(.object(["image_ref": .string(ref), "dest_path": .string(path)]))
+                _ = try await plugins.imageFetcher.fetch(imageRequest(r, ref: ref, dest: path, context: context, checked: false))
                 rescue["rescue_disk_path"] = .string(path)
             }
             try await hv.rescue(instance: r.pluginJSON, rescue: .object(rescue))
@@ -143,9 +141,8 @@ extension ComputeManager {
             await step(&op, "spawn", task: .rebuildSpawning)
             if let ref = r.imageRef {
                 try await makeInstanceDirectory(uuid)
-                var req: [String: JSONValue] = ["image_ref": .string(ref), "dest_path": .string(r.diskPath)]
-                if let c = r.imageChecksum { req["checksum"] = .string(c) }
-                _ = try await plugins.imageFetcher.fetch(.object(req))
+                let fetched = try await plugins.imageFetcher.fetch(imageRequest(r, ref: ref, dest: r.diskPath, context: context))
+                logFetch(l, ref, fetched)
             }
             try await hv.spawn(instance: r.pluginJSON)
             if wasStopped { try await hv.perform(.powerOff, uuid: uuid) }
@@ -261,6 +258,30 @@ import Glibc
 /// Accepted: `instance` = {uuid, name (or display_name), vcpus, memory_mb, root_gb,
 /// image_ref, image_checksum, vifs}; flavor figures may instead come in `flavor` =
 /// {vcpus, memory_mb, root_gb, name}, and `image_ref` at top level.
+extension ComputeManager {
+    /// The image-fetch request of the plugin ABI: where to put which image, the flavor's
+    /// root size (a plugin that makes overlays sizes the disk by it; 0 = the image's size),
+    /// the expected checksum, and the caller's token (`X-Auth-Token` for Glance).
+    func imageRequest(_ r: InstanceRecord, ref: String, dest: String, context: [String: JSONValue],
+                      checked: Bool = true) -> JSONValue
+    {
+        var req: [String: JSONValue] = ["image_ref": .string(ref), "dest_path": .string(dest), "root_gb": .int(Int64(r.rootGB))]
+        if checked, let c = r.imageChecksum { req["checksum"] = .string(c) }
+        if checked, r.rootGB > 0 { req["max_bytes"] = .int(Int64(r.rootGB) << 30) }
+        if let token = authTokens[r.uuid] ?? context["auth_token"]?.stringValue, !token.isEmpty { req["auth_token"] = .string(token) }
+        return .object(req)
+    }
+
+    /// One line per fetch with what the plugin measured (bytes, seconds, rate, cached).
+    func logFetch(_ l: Logger, _ ref: String, _ result: JSONValue) {
+        var meta: Logger.Metadata = ["image_ref": "\(ref)"]
+        for k in ["bytes", "seconds", "rate_mb_s", "downloaded", "base_path"] {
+            if let v = result[k], !v.isNull { meta[k] = "\(v.stringValue ?? v.serialized())" }
+        }
+        l.info("image ready", metadata: meta)
+    }
+}
+
 struct BuildRequest {
     var uuid: String
     var name: String

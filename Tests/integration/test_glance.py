@@ -1,0 +1,168 @@
+"""The glance image-fetch plugin against a real Glance v2 (glance-api 33 under gunicorn,
+started by scripts/glance.sh): verified streaming downloads, nova's _base cache with
+qcow2 overlays, single-flight, and a clear fault for every way a download can fail."""
+import hashlib
+import json
+import os
+import pathlib
+import subprocess
+import threading
+import time
+import urllib.request
+import uuid
+
+import pytest
+
+from conftest import ROOT, Agent, rpc_client
+
+GLANCE_DIR = pathlib.Path(os.environ.get("GLANCE_DIR", "/var/lib/compute-agent-test/glance"))
+
+
+@pytest.fixture(scope="session")
+def glance():
+    subprocess.run(["bash", str(ROOT / "scripts" / "glance.sh"), "start"], check=True, capture_output=True)
+    return subprocess.run(["bash", str(ROOT / "scripts" / "glance.sh"), "url"], check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def glance_request(glance, method, path, body=None, headers=None):
+    data = json.dumps(body).encode() if isinstance(body, dict) else body
+    h = {"Content-Type": "application/json"} if isinstance(body, dict) else {"Content-Type": "application/octet-stream"}
+    req = urllib.request.Request(glance + path, data=data, method=method, headers={**h, **(headers or {})})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        text = r.read()
+        return json.loads(text) if text and r.headers.get("Content-Type", "").startswith("application/json") else text
+
+
+def upload(glance, data, disk_format="qcow2", upload_data=True, **props):
+    image = glance_request(glance, "POST", "/v2/images", {"name": "img-" + uuid.uuid4().hex[:6], "disk_format": disk_format,
+                                                          "container_format": "bare", **props})
+    if upload_data:
+        glance_request(glance, "PUT", f"/v2/images/{image['id']}/file", data)
+    return image["id"]
+
+
+@pytest.fixture(scope="session")
+def qcow2_image(tmp_path_factory):
+    """A small real qcow2 image (16 MiB virtual) with some data in it."""
+    d = tmp_path_factory.mktemp("img")
+    raw = d / "img.raw"
+    raw.write_bytes(os.urandom(1 << 20) + b"\0" * (15 << 20))
+    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(d / "img.qcow2")], check=True)
+    return (d / "img.qcow2").read_bytes()
+
+
+def glance_agent(tmp_path, servers):
+    return Agent(tmp_path, extra_default="image_fetcher = glance",
+                 sections={"libvirt": {"connection_uri": "test:///default"},
+                           "glance": {"api_servers": servers, "num_retries": "1", "timeout": "5"}})
+
+
+def build(client, image_ref, root_gb=1, timeout=60):
+    inst = {"uuid": str(uuid.uuid4()), "name": "vm-" + uuid.uuid4().hex[:6], "vcpus": 1, "memory_mb": 64,
+            "root_gb": root_gb, "image_ref": image_ref}
+    return client.prepare(timeout=timeout).call({}, "build_and_run_instance", instance=inst)
+
+
+def build_fails(client, image_ref):
+    """A build that must fail: the caller gets BuildAbortException, the instance is in
+    ERROR with the fault. Returns the fault."""
+    import oslo_messaging
+    inst = {"uuid": str(uuid.uuid4()), "name": "vm-" + uuid.uuid4().hex[:6], "vcpus": 1, "memory_mb": 64,
+            "root_gb": 1, "image_ref": image_ref}
+    with pytest.raises(oslo_messaging.RemoteError) as e:
+        client.prepare(timeout=60).call({}, "build_and_run_instance", instance=inst)
+    assert e.value.exc_type == "BuildAbortException", e.value
+    info = client.call({}, "get_instance_info", instance_uuid=inst["uuid"])
+    assert info["vm_state"] == "error", info
+    return info["fault"]
+
+
+def file_gets(image_id):
+    log = GLANCE_DIR / "access.log"
+    return sum(1 for l in log.read_text().splitlines() if f"GET /v2/images/{image_id}/file" in l) if log.exists() else 0
+
+
+def qemu_info(path):
+    return json.loads(subprocess.run(["qemu-img", "info", "-U", "--output=json", str(path)], check=True,
+                                     capture_output=True, text=True).stdout)
+
+
+def test_active_image_is_verified_cached_as_raw_and_overlaid(tmp_path, glance, qcow2_image, transport):
+    image_id = upload(glance, qcow2_image)
+    a = glance_agent(tmp_path, glance).start()
+    try:
+        c = rpc_client(transport, a.host)
+        info = build(c, image_id)
+        assert info["vm_state"] == "active", info
+        base = a.state / "instances" / "_base" / hashlib.sha1(image_id.encode()).hexdigest()
+        assert base.exists() and qemu_info(base)["format"] == "raw"  # force_raw_images
+        disk = qemu_info(a.state / "instances" / info["uuid"] / "disk")
+        assert disk["format"] == "qcow2" and disk["backing-filename"] == str(base)
+        assert disk["virtual-size"] == 1 << 30
+        assert f"fetched {image_id} into {base}" in a.text()
+        # A second build of the same image uses the cache: no second download.
+        before = file_gets(image_id)
+        assert build(c, image_id)["vm_state"] == "active"
+        assert file_gets(image_id) == before
+        assert f"image {image_id} already cached in {base}" in a.text()
+        # A plain http(s) URL goes through the same plugin (Content-MD5 checked).
+        assert build(c, f"{glance}/v2/images/{image_id}/file")["vm_state"] == "active"
+    finally:
+        a.stop()
+
+
+def test_tampered_image_is_refused_with_a_checksum_fault_and_nothing_cached(tmp_path, glance, qcow2_image, transport):
+    image_id = upload(glance, qcow2_image)
+    stored = GLANCE_DIR / "images" / image_id
+    data = bytearray(stored.read_bytes())
+    data[100] ^= 0xFF  # same length, one byte changed behind Glance's back
+    stored.write_bytes(bytes(data))
+    a = glance_agent(tmp_path, glance).start()
+    try:
+        fault = build_fails(rpc_client(transport, a.host), image_id)
+        assert "checksum mismatch" in fault and "os_hash_value" in fault, fault
+        base_dir = a.state / "instances" / "_base"
+        assert not [p.name for p in base_dir.iterdir() if not p.name.endswith(".lock")], list(base_dir.iterdir())
+    finally:
+        a.stop()
+
+
+def test_unknown_queued_and_unreachable_images_give_clear_faults(tmp_path, glance, transport):
+    a = glance_agent(tmp_path, glance).start()
+    try:
+        c = rpc_client(transport, a.host)
+        assert "not found in the image service (404)" in build_fails(c, str(uuid.uuid4()))
+        assert "is queued, not active" in build_fails(c, upload(glance, b"", upload_data=False))
+        assert c.call({}, "ping")["pong"] is True
+    finally:
+        a.stop()
+    (tmp_path / "down").mkdir()
+    down = glance_agent(tmp_path / "down", "http://127.0.0.1:9").start()
+    try:
+        c = rpc_client(transport, down.host)
+        fault = build_fails(c, str(uuid.uuid4()))
+        assert "is unreachable" in fault, fault
+        assert c.call({}, "ping")["pong"] is True
+    finally:
+        down.stop()
+
+
+def test_concurrent_builds_of_one_image_download_it_once(tmp_path, glance, qcow2_image, transport):
+    image_id = upload(glance, qcow2_image)
+    a = glance_agent(tmp_path, glance).start()
+    try:
+        c = rpc_client(transport, a.host)
+        results = []
+        threads = [threading.Thread(target=lambda: results.append(build(c, image_id))) for _ in range(5)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(90)
+        assert len(results) == 5 and all(r["vm_state"] == "active" for r in results), results
+        deadline = time.time() + 5
+        while time.time() < deadline and file_gets(image_id) < 1:
+            time.sleep(0.1)
+        assert file_gets(image_id) == 1, "five builds of one image must download it once"
+    finally:
+        a.stop()
