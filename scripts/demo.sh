@@ -3,7 +3,8 @@
 # starts compute-agent with the libvirt plugin on libvirt's test:///default driver, then
 # drives one instance through its life with computectl — every action of the state table,
 # a refused one, a lock, a snapshot, a resize, a SIGKILL of the agent and its recovery —
-# printing each state and the capabilities the agent fans out to the scheduler.
+# printing each state and the capabilities the agent fans out to the scheduler; then boots
+# from a real Glance through the glance plugin (verified download, _base cache, overlays).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -129,6 +130,33 @@ step "terminate"
 
 step "what the agent logged for this instance"
 grep "$UUID" "$WORK/agent.log" | grep -v get_instance_info | sed 's/^/  agent| /'
+step "done with the file plugin: stopping the agent (SIGTERM)"
+kill -TERM "$AGENT_PID"; wait "$AGENT_PID" || true; AGENT_PID=""
+tail -2 "$WORK/agent.log" | sed 's/^/  agent| /'
+
+step "a real Glance v2 (glance-api 33 under gunicorn, no keystone; installed once)"
+bash scripts/glance.sh start
+GLANCE=$(bash scripts/glance.sh url)
+IMAGE_ID=$(curl -sf -X POST "$GLANCE/v2/images" -H 'Content-Type: application/json' \
+  -d '{"name": "demo-image", "disk_format": "qcow2", "container_format": "bare"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+curl -sf -X PUT "$GLANCE/v2/images/$IMAGE_ID/file" -H 'Content-Type: application/octet-stream' \
+  --data-binary "@$WORK/cirros-like.qcow2"
+curl -sf "$GLANCE/v2/images/$IMAGE_ID" | python3 -c 'import json,sys; r=json.load(sys.stdin); print("  image", r["id"], r["status"], r["disk_format"], r["size"], "bytes", r["os_hash_algo"], r["os_hash_value"][:16] + "…")'
+
+step "the agent again, now with image_fetcher = glance"
+sed -i "s/^image_fetcher = file/image_fetcher = glance/" "$WORK/compute-agent.conf"
+printf '\n[glance]\napi_servers = %s\n' "$GLANCE" >> "$WORK/compute-agent.conf"
+"$BIN/compute-agent" --config-file "$WORK/compute-agent.conf" >> "$WORK/agent.log" 2>&1 &
+AGENT_PID=$!
+for _ in $(seq 1 200); do [ "$(grep -c consuming "$WORK/agent.log")" -ge 3 ] && break; sleep 0.05; done
+step "boot from Glance: downloaded once, verified (sha512), cached in _base as raw, a qcow2 overlay per instance"
+G1=$("${CTL[@]}" boot "${C[@]}" --name glance-vm-1 --vcpus 1 --memory 64 --disk 1 --image "$IMAGE_ID" --wait | tee /dev/stderr | head -1 | awk '{print $NF}')
+G2=$("${CTL[@]}" boot "${C[@]}" --name glance-vm-2 --vcpus 1 --memory 64 --disk 1 --image "$IMAGE_ID" --wait | tee /dev/stderr | head -1 | awk '{print $NF}')
+grep -E "image ready|fetched|already cached" "$WORK/agent.log" | tail -4 | sed 's/^/  agent| /'
+ls -l "$WORK/state/instances/_base" | sed 's/^/  _base| /'
+qemu-img info -U "$WORK/state/instances/$G2/disk" | grep -E "file format|virtual size|backing file:" | sed 's/^/  disk| /'
+"${CTL[@]}" terminate "$G1" "${C[@]}" --wait
+"${CTL[@]}" terminate "$G2" "${C[@]}" --wait
 step "done: stopping the agent (SIGTERM)"
 kill -TERM "$AGENT_PID"; wait "$AGENT_PID" || true; AGENT_PID=""
 tail -2 "$WORK/agent.log" | sed 's/^/  agent| /'
