@@ -15,6 +15,9 @@ DEB_PACKAGES=(
   libcurl4-openssl-dev   # HTTP for the glance image-fetch plugin (libcurl through a C shim)
   libssl-dev             # libcrypto digests (sha512/md5/sha256) for the image plugins
   curl                   # scripts/glance.sh health checks
+  cpio syslinux syslinux-common mtools dosfstools fdisk xz-utils   # scripts/build-guest.sh
+  libmnl-dev             # rtnetlink for the linuxbridge network plugin (no ip/brctl)
+  dnsmasq-base           # DHCP on bridges the linuxbridge plugin serves
   rabbitmq-server        # the broker tests and the demo run on loopback
   libvirt-daemon         # libvirtd, for the real-QEMU test where it can run
   libvirt-daemon-driver-qemu

@@ -115,7 +115,7 @@ def test_a_multi_line_message_uses_the_binary_safe_form(journal_agent, transport
         c.call({}, "get_instance_info", instance_uuid="line one\nline two")
     e = j.collect(3, until=lambda e: "line two" in e.get("MESSAGE", ""))
     assert e is not None
-    assert e["MESSAGE"] == "rpc failed: 'instance_uuid' must be a UUID, got 'line one\nline two'"
+    assert e["MESSAGE"] == "rpc failed: Invalid input received: 'instance_uuid' must be a UUID, got 'line one\nline two'"
     assert e["PRIORITY"] == "4" and e["RPC_METHOD"] == "get_instance_info"
     raw = next(d for d in j.raw if b"line two" in d)
     assert b"\nMESSAGE\n" in raw or raw.startswith(b"MESSAGE\n"), "a value with a newline must be length-prefixed"
