@@ -11,6 +11,7 @@ import PackageDescription
 //   JSON           – the JSON value type, parser and writer (wire format and plugin calls)
 //   AgentSupport   – configuration file parsing, logging, threads shared by the executables
 //   HTTPShim       – a small blocking HTTP client over libcurl for the image plugins
+//   NetlinkShim    – rtnetlink link/address operations over libmnl for the network plugins
 let package = Package(
     name: "ComputeAgent",
     platforms: [.macOS(.v15)],
@@ -22,6 +23,7 @@ let package = Package(
         .library(name: "compute_image_file", type: .dynamic, targets: ["FileImageFetcher"]),
         .library(name: "compute_image_glance", type: .dynamic, targets: ["GlanceImageFetcher"]),
         .library(name: "compute_network_noop", type: .dynamic, targets: ["NoopNetwork"]),
+        .library(name: "compute_network_linuxbridge", type: .dynamic, targets: ["LinuxBridgeNetwork"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
@@ -45,6 +47,8 @@ let package = Package(
         .systemLibrary(name: "CCrypto", pkgConfig: "libcrypto",
                        providers: [.apt(["libssl-dev"])]),
         .target(name: "HTTPShim", dependencies: ["CCurl"]),
+        .systemLibrary(name: "CMnl", pkgConfig: "libmnl", providers: [.apt(["libmnl-dev"])]),
+        .target(name: "NetlinkShim", dependencies: ["CMnl"]),
 
         // Agent modules
         .target(name: "JSON"),
@@ -86,6 +90,8 @@ let package = Package(
         .target(name: "GlanceImageFetcher", dependencies: ["PluginSDK", "PluginABI", "HTTPShim"],
                 path: "Plugins/GlanceImageFetcher"),
         .target(name: "NoopNetwork", dependencies: ["PluginABI"], path: "Plugins/NoopNetwork"),
+        .target(name: "LinuxBridgeNetwork", dependencies: ["PluginSDK", "PluginABI", "NetlinkShim"],
+                path: "Plugins/LinuxBridgeNetwork"),
 
         // Unit tests (the integration tests against real parts live in Tests/integration)
         .testTarget(name: "MessagingTests", dependencies: ["Messaging"]),

@@ -24,7 +24,7 @@ DEB_PACKAGES=(
   libvirt-clients        # virsh, for looking at domains by hand
   qemu-utils             # qemu-img: blank qcow2 disks for tests
   patchelf dpkg-dev      # packaging: the bundled Swift runtime's rpath, dpkg-deb
-  iproute2 procps psmisc
+  iproute2 procps psmisc iputils-ping
 )
 if [ "${SKIP_QEMU:-0}" != 1 ]; then
   DEB_PACKAGES+=(qemu-system-x86)

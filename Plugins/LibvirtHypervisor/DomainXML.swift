@@ -27,15 +27,7 @@ enum DomainXML {
             x += "    <disk type='file' device='disk'><driver name='qemu' type='\(esc(format))'/>"
             x += "<source file='\(esc(disk))'/><target dev='\(dev)' bus='virtio'/></disk>\n"
         }
-        for vif in i["vifs"]?.arrayValue ?? [] {
-            guard let bridge = vif["bridge"]?.stringValue else { continue }
-            x += "    <interface type='bridge'>"
-            if let mac = vif["address"]?.stringValue { x += "<mac address='\(esc(mac))'/>" }
-            x += "<source bridge='\(esc(bridge))'/>"
-            if let dev = vif["devname"]?.stringValue { x += "<target dev='\(esc(dev))'/>" }
-            if let mtu = vif["mtu"]?.intValue { x += "<mtu size='\(mtu)'/>" }
-            x += "<model type='virtio'/></interface>\n"
-        }
+        for vif in i["vifs"]?.arrayValue ?? [] { x += interfaceXML(vif) }
         if domainType != "test" {
             // The console is written next to the disk, where get_console_output reads it.
             if let dir = disks.last.map({ String($0[..<($0.lastIndex(of: "/") ?? $0.endIndex)]) }), !dir.isEmpty, !rescue {
@@ -46,6 +38,37 @@ enum DomainXML {
         }
         x += "  </devices>\n</domain>\n"
         return x
+    }
+
+    /// One VIF's `<interface>`: what the network plugin said the domain needs (`domain`,
+    /// plugin ABI 1.2) — a tap it made (`ethernet`, libvirt neither creates nor deletes it),
+    /// a bridge (libvirt makes the tap), or an Open vSwitch port — else the VIF's own
+    /// `network.bridge` (or flat `bridge`). A VIF with neither gets no interface.
+    static func interfaceXML(_ vif: JSONValue) -> String {
+        let d = vif["domain"] ?? .null
+        let mac = d["mac"]?.stringValue ?? vif["address"]?.stringValue
+        let mtu = d["mtu"]?.intValue ?? vif["network"]?["meta"]?["mtu"]?.intValue ?? vif["mtu"]?.intValue
+        let dev = d["devname"]?.stringValue ?? vif["devname"]?.stringValue
+        var x: String
+        if d["type"]?.stringValue == "ethernet", let dev {
+            x = "    <interface type='ethernet'>"
+            if let mac { x += "<mac address='\(esc(mac))'/>" }
+            x += "<target dev='\(esc(dev))' managed='no'/>"
+        } else if let bridge = d["bridge"]?.stringValue ?? vif["network"]?["bridge"]?.stringValue ?? vif["bridge"]?.stringValue {
+            x = "    <interface type='bridge'>"
+            if let mac { x += "<mac address='\(esc(mac))'/>" }
+            x += "<source bridge='\(esc(bridge))'/>"
+            if let vp = d["virtualport"], let type = vp["type"]?.stringValue {
+                x += "<virtualport type='\(esc(type))'>"
+                if let id = vp["interfaceid"]?.stringValue { x += "<parameters interfaceid='\(esc(id))'/>" }
+                x += "</virtualport>"
+            }
+            if let dev { x += "<target dev='\(esc(dev))'/>" }
+        } else {
+            return ""
+        }
+        if let mtu { x += "<mtu size='\(mtu)'/>" }
+        return x + "<model type='virtio'/></interface>\n"
     }
 
     /// The `file` attribute of the first `<source file=…>` of a disk in a domain's XML.

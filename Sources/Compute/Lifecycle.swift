@@ -32,7 +32,7 @@ extension ComputeManager {
             }
             Failpoints.hit("build.after_fetch")
             await step(&op, "plug")
-            for vif in r.vifs { try await plugins.network.plug(instance: r.pluginJSON, vif: vif) }
+            try await plugVIFs(&r, uuid: uuid)
             Failpoints.hit("build.after_plug")
             await step(&op, "spawn")
             // spawn cleans up its own half-defined domain when it fails.
@@ -259,6 +259,24 @@ import Glibc
 /// image_ref, image_checksum, vifs}; flavor figures may instead come in `flavor` =
 /// {vcpus, memory_mb, root_gb, name}, and `image_ref` at top level.
 extension ComputeManager {
+    /// Plugs each VIF, keeping what the network plugin says the domain needs for it (ABI
+    /// 1.2 `plug_vif`) as the VIF's `domain`, in the record and the journal, so the
+    /// hypervisor plugin builds the right `<interface>` now and after a restart.
+    func plugVIFs(_ r: inout InstanceRecord, uuid: String) async throws {
+        var vifs = r.vifs
+        for (n, vif) in vifs.enumerated() {
+            if let domain = try await plugins.network.plug(instance: r.pluginJSON, vif: vif), case .object(var o) = vif {
+                o["domain"] = domain
+                vifs[n] = .object(o)
+            }
+        }
+        if vifs != r.vifs {
+            r.vifs = vifs
+            instances[uuid] = r
+            await persist([.putInstance(uuid: uuid, body: r.storeJSON)], uuid: uuid)
+        }
+    }
+
     /// The image-fetch request of the plugin ABI: where to put which image, the flavor's
     /// root size (a plugin that makes overlays sizes the disk by it; 0 = the image's size),
     /// the expected checksum, and the caller's token (`X-Auth-Token` for Glance).
@@ -329,6 +347,11 @@ struct BuildRequest {
             guard a.count <= Self.maxVIFs else {
                 throw .invalidInput("an instance has at most \(Self.maxVIFs) network interfaces, got \(a.count)")
             }
+            var ids = Set<String>()
+            for v in a {
+                let id = try Self.checkVIF(v)
+                guard ids.insert(id).inserted else { throw .invalidInput("two VIFs have the port id '\(id)'") }
+            }
             vifs = a
         case let other?: throw .invalidInput("'vifs' must be a list, got \(other.typeName)")
         }
@@ -351,6 +374,53 @@ struct BuildRequest {
     static let maxImageRefLength = 4096
     static let maxVIFs = 64
     static let maxMetadataItems = 128
+
+    /// A VIF in nova's network model (docs/rpc-api.md): an object with a string `id`; when
+    /// present, a MAC `address`, a known `type`, interface names of at most 15 bytes (the
+    /// kernel's limit), an MTU and a VLAN id in range. Returns the id.
+    static func checkVIF(_ v: JSONValue) throws(ComputeError) -> String {
+        guard case .object(let o) = v else { throw .invalidInput("a VIF must be an object, got \(v.typeName)") }
+        guard let id = o["id"]?.stringValue, !id.isEmpty, id.count <= maxNameLength else {
+            throw .invalidInput("a VIF needs a string 'id' (its port id) of 1 to \(maxNameLength) characters")
+        }
+        if let m = o["address"], !m.isNull {
+            guard let mac = m.stringValue, isMAC(mac) else { throw .invalidInput("VIF \(id): 'address' must be a MAC address, got \(m.serialized())") }
+        }
+        if let t = o["type"], !t.isNull {
+            guard let type = t.stringValue, ["bridge", "ovs", "ethernet"].contains(type) else {
+                throw .invalidInput("VIF \(id): unknown type \(t.serialized()) (bridge, ovs or ethernet)")
+            }
+        }
+        let network = o["network"]?.objectValue
+        if let n = o["network"], !n.isNull, network == nil { throw .invalidInput("VIF \(id): 'network' must be an object") }
+        for (what, value) in [("devname", o["devname"]), ("network.bridge", network?["bridge"]), ("bridge", o["bridge"])] {
+            guard let value, !value.isNull else { continue }
+            guard let name = value.stringValue, !name.isEmpty, name.utf8.count <= 15,
+                  name.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7F && $0 != UInt8(ascii: "/") }) else {
+                throw .invalidInput("VIF \(id): '\(what)' must be an interface name of 1 to 15 printable bytes, got \(value.serialized())")
+            }
+        }
+        let meta = network?["meta"]
+        if let m = meta?["mtu"], !m.isNull {
+            guard let mtu = m.intValue, (68...65535).contains(mtu) else { throw .invalidInput("VIF \(id): mtu must be 68 to 65535, got \(m.serialized())") }
+        }
+        if let vl = meta?["vlan"], !vl.isNull {
+            guard let vlan = vl.intValue, (1...4094).contains(vlan) else { throw .invalidInput("VIF \(id): vlan must be 1 to 4094, got \(vl.serialized())") }
+        }
+        return id
+    }
+
+    static func isMAC(_ s: String) -> Bool {
+        let b = Array(s.utf8)
+        guard b.count == 17 else { return false }
+        for (i, c) in b.enumerated() {
+            if i % 3 == 2 { if c != UInt8(ascii: ":") { return false } } else {
+                let hex = (c >= 0x30 && c <= 0x39) || (c >= 0x61 && c <= 0x66) || (c >= 0x41 && c <= 0x46)
+                if !hex { return false }
+            }
+        }
+        return true
+    }
 
     static func limit(_ what: String, _ value: String, _ max: Int) throws(ComputeError) {
         guard value.count <= max else {

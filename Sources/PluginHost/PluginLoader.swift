@@ -231,7 +231,7 @@ public struct PluginLoader: Sendable {
         // ABI 1.0's sizes: the offset of the first field 1.1 appended.
         case .hypervisor: return MemoryLayout<ca_hypervisor_vtable>.offset(of: \ca_hypervisor_vtable.rescue)!
         case .imageFetch: return MemoryLayout<ca_image_fetch_vtable>.offset(of: \ca_image_fetch_vtable.upload)!
-        case .network: return MemoryLayout<ca_network_vtable>.size
+        case .network: return MemoryLayout<ca_network_vtable>.offset(of: \ca_network_vtable.plug_vif)!
         }
     }
 

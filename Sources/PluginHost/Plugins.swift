@@ -229,11 +229,22 @@ public final class NetworkPlugin: Sendable {
     let caller: PluginCaller
     init(caller: PluginCaller) { self.caller = caller }
 
-    public func plug(instance: JSONValue, vif: JSONValue) async throws(PluginError) {
+    /// Plugs a VIF; returns what the domain needs for it when the plugin says (ABI 1.2
+    /// `plug_vif`), nil for a plugin that only plugs.
+    @discardableResult
+    public func plug(instance: JSONValue, vif: JSONValue) async throws(PluginError) -> JSONValue? {
         let i = instance.serialized(), v = vif.serialized()
+        let field = \ca_network_vtable.plug_vif
+        if let offset = MemoryLayout<ca_network_vtable>.offset(of: field),
+           caller.handle.vtableSize >= offset + MemoryLayout<UnsafeRawPointer?>.size,
+           let fn = caller.handle.vtable.assumingMemoryBound(to: ca_network_vtable.self).pointee.plug_vif
+        {
+            return try await caller.callJSON("plug_vif") { h, out, err in fn(h.state, i, v, out, err) }
+        }
         try await caller.call("plug") { h, err in
             h.vtable.assumingMemoryBound(to: ca_network_vtable.self).pointee.plug!(h.state, i, v, err)
         }
+        return nil
     }
 
     public func unplug(instance: JSONValue, vif: JSONValue) async throws(PluginError) {

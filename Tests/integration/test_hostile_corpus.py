@@ -84,7 +84,8 @@ def build_expectation(field, w):
         "uuid": False,
         "name": w is None or (isinstance(w, str) and len(w) <= 255),
         "image_ref": w is None or (isinstance(w, str) and len(w) <= 4096),
-        "vifs": w is None or (isinstance(w, list) and len(w) <= 64),
+        "vifs": w is None or (isinstance(w, list) and len(w) <= 64 and len({v.get("id") for v in w if isinstance(v, dict)}) == len(w)
+                              and all(isinstance(v, dict) and isinstance(v.get("id"), str) and v["id"] for v in w)),
         "metadata": w is None or w == {},
         "flavor": w is None or isinstance(w, dict),
         "vcpus": is_int and w >= 1, "memory_mb": is_int and w >= 1,

@@ -33,8 +33,8 @@ def test_tiny_guest_from_glance_boots_under_qemu_and_prints_its_marker(tmp_path,
     try:
         c = rpc_client(transport, a.host, timeout=120)
         started = time.time()
-        inst = {"uuid": __import__("uuid").uuid4().__str__(), "name": "tinyguest", "vcpus": 1, "memory_mb": 128,
-                "root_gb": 1, "image_ref": image_id}
+        u = __import__("uuid").uuid4()
+        inst = {"uuid": str(u), "name": "tinyguest-" + u.hex[:6], "vcpus": 1, "memory_mb": 128, "root_gb": 1, "image_ref": image_id}
         info = c.call({}, "build_and_run_instance", instance=inst)
         assert info["vm_state"] == "active" and info["power_state_name"] == "RUNNING", info
         console = a.state / "instances" / inst["uuid"] / "console.log"

@@ -35,7 +35,7 @@ extern "C" {
 #endif
 
 #define CA_PLUGIN_ABI_MAJOR 1
-#define CA_PLUGIN_ABI_MINOR 1
+#define CA_PLUGIN_ABI_MINOR 2
 #define COMPUTE_AGENT_PLUGIN_ENTRY "compute_agent_plugin_entry"
 #define CA_ERROR_MESSAGE_MAX 1024
 
@@ -176,8 +176,18 @@ typedef struct ca_image_fetch_vtable {
 
 /*
  * Network-setup plugin. plug/unplug get the instance JSON (as for spawn) and one VIF
- * JSON object from its "vifs" list. Both must be idempotent: plugging a plugged VIF or
- * unplugging a missing one succeeds.
+ * JSON object from its "vifs" list (nova's network model: {"id", "address", "type",
+ * "devname"?, "network": {"id", "bridge", "meta": {"mtu"?, "vlan"?}, "subnets": [...]}}).
+ * Both must be idempotent: plugging a plugged VIF or unplugging a missing one succeeds.
+ *
+ * ABI 1.2, optional: plug_vif is plug that also says what the hypervisor must put in the
+ * domain for this VIF, as JSON through out_json (malloc'd):
+ *   {"type": "ethernet", "devname": "tap…", "mtu": 1500, "mac": "…"}   a tap the plugin made
+ *   {"type": "bridge", "bridge": "br100", "devname": "tap…", "mtu": 1500}   libvirt makes the tap
+ *   {"type": "bridge", "bridge": "br-int", "devname": "tap…",
+ *    "virtualport": {"type": "openvswitch", "interfaceid": "<port id>"}}
+ * The agent keeps it with the VIF (the hypervisor plugin sees it as the VIF's "domain")
+ * and calls plug_vif instead of plug when the plugin has it.
  */
 typedef struct ca_network_vtable {
   CA_PLUGIN_VTABLE_HEADER
@@ -186,6 +196,9 @@ typedef struct ca_network_vtable {
                     ca_error *err);
   ca_status (*unplug)(void *state, const char *instance_json, const char *vif_json,
                       ca_error *err);
+  /* ABI 1.2, optional */
+  ca_status (*plug_vif)(void *state, const char *instance_json, const char *vif_json,
+                        char **out_json, ca_error *err);
 } ca_network_vtable;
 
 /* What the entry symbol returns. Static: readable before init and for the whole life of
