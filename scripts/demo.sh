@@ -4,7 +4,9 @@
 # drives one instance through its life with computectl — every action of the state table,
 # a refused one, a lock, a snapshot, a resize, a SIGKILL of the agent and its recovery —
 # printing each state and the capabilities the agent fans out to the scheduler; then boots
-# from a real Glance through the glance plugin (verified download, _base cache, overlays).
+# from a real Glance through the glance plugin (verified download, _base cache, overlays);
+# and ends with a tiny real guest from Glance under QEMU on a bridge the agent plugged,
+# which gets its address by DHCP and answers ping and HTTP.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -144,7 +146,8 @@ curl -sf -X PUT "$GLANCE/v2/images/$IMAGE_ID/file" -H 'Content-Type: application
 curl -sf "$GLANCE/v2/images/$IMAGE_ID" | python3 -c 'import json,sys; r=json.load(sys.stdin); print("  image", r["id"], r["status"], r["disk_format"], r["size"], "bytes", r["os_hash_algo"], r["os_hash_value"][:16] + "…")'
 
 step "the agent again, now with image_fetcher = glance"
-sed -i "s/^image_fetcher = file/image_fetcher = glance/" "$WORK/compute-agent.conf"
+# The [file] section (the last one) belongs to the file plugin, which is no longer configured.
+sed -i -e '/^\[file\]/,$d' -e "s/^image_fetcher = file/image_fetcher = glance/" "$WORK/compute-agent.conf"
 printf '\n[glance]\napi_servers = %s\n' "$GLANCE" >> "$WORK/compute-agent.conf"
 "$BIN/compute-agent" --config-file "$WORK/compute-agent.conf" >> "$WORK/agent.log" 2>&1 &
 AGENT_PID=$!
@@ -157,6 +160,43 @@ ls -l "$WORK/state/instances/_base" | sed 's/^/  _base| /'
 qemu-img info -U "$WORK/state/instances/$G2/disk" | grep -E "file format|virtual size|backing file:" | sed 's/^/  disk| /'
 "${CTL[@]}" terminate "$G1" "${C[@]}" --wait
 "${CTL[@]}" terminate "$G2" "${C[@]}" --wait
+kill -TERM "$AGENT_PID"; wait "$AGENT_PID" || true; AGENT_PID=""
+
+step "a tiny real guest: Debian's cloud kernel + a busybox initramfs, built from downloaded packages"
+bash scripts/build-guest.sh
+GUEST=/var/lib/compute-agent-test/guest
+bash scripts/libvirtd.sh start
+GUEST_IMAGE=$(curl -sf -X POST "$GLANCE/v2/images" -H 'Content-Type: application/json' \
+  -d '{"name": "tinyguest", "disk_format": "qcow2", "container_format": "bare"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+curl -sf -X PUT "$GLANCE/v2/images/$GUEST_IMAGE/file" -H 'Content-Type: application/octet-stream' --data-binary "@$GUEST/disk.qcow2"
+echo "  uploaded to Glance as $GUEST_IMAGE"
+
+step "the agent on real QEMU (qemu:///system, TCG), Glance images, linuxbridge networking with DHCP"
+BR=cademo0; NET=10.199.77
+ip link del "$BR" 2>/dev/null || true
+sed -i "s|^connection_uri = test:///default|connection_uri = qemu:///system\nvirt_type = qemu\nshutdown_timeout = 5|; s/^network_plugin = noop/network_plugin = linuxbridge/" "$WORK/compute-agent.conf"
+printf '\n[linuxbridge]\ndhcp = true\nstate_dir = %s\n' "$WORK/linuxbridge" >> "$WORK/compute-agent.conf"
+mkdir -p "$WORK/linuxbridge"
+"$BIN/compute-agent" --config-file "$WORK/compute-agent.conf" >> "$WORK/agent.log" 2>&1 &
+AGENT_PID=$!
+for _ in $(seq 1 400); do [ "$(grep -c consuming "$WORK/agent.log")" -ge 4 ] && break; sleep 0.05; done
+PORT=$(python3 -c 'import uuid; print(uuid.uuid4())')
+VIF="{\"id\": \"$PORT\", \"address\": \"52:54:00:de:40:01\", \"type\": \"bridge\", \"network\": {\"id\": \"demo-net\", \"bridge\": \"$BR\", \"meta\": {\"mtu\": 1500}, \"subnets\": [{\"cidr\": \"$NET.0/24\", \"gateway\": {\"address\": \"$NET.1\"}, \"ips\": [{\"address\": \"$NET.23\"}]}]}}"
+step "boot the guest with one VIF on bridge $BR ($NET.0/24, the agent's dnsmasq answers DHCP)"
+T0=$(date +%s.%N)
+GUUID=$("${CTL[@]}" boot "${C[@]}" --name tinyguest --vcpus 1 --memory 128 --disk 1 --image "$GUEST_IMAGE" --vif "$VIF" --wait --timeout 120 | tee /dev/stderr | head -1 | awk '{print $NF}')
+CONSOLE="$WORK/state/instances/$GUUID/console.log"
+for _ in $(seq 1 240); do grep -q TINYGUEST-READY "$CONSOLE" 2>/dev/null && break; sleep 0.25; done
+echo "  console| $(grep TINYGUEST-READY "$CONSOLE" || echo 'no marker within 60 s')"
+echo "  ($(python3 -c "import time; print(round(time.time() - $T0, 1))") s from the boot command)"
+ip -br link show master "$BR" | sed 's/^/  bridge| /'
+step "ping and HTTP from the host"
+ping -c 3 -W 2 "$NET.23" | sed 's/^/  /'
+curl -s "http://$NET.23/" | sed 's/^/  /'; echo
+step "terminate: the tap and the DHCP entry go with it"
+"${CTL[@]}" terminate "$GUUID" "${C[@]}" --wait
+ip -br link show master "$BR" | sed 's/^/  bridge| /'; echo "  (no port left on $BR)"
 step "done: stopping the agent (SIGTERM)"
 kill -TERM "$AGENT_PID"; wait "$AGENT_PID" || true; AGENT_PID=""
+ip link del "$BR" 2>/dev/null || true
 tail -2 "$WORK/agent.log" | sed 's/^/  agent| /'

@@ -145,6 +145,35 @@ final class LinuxBridgeNetwork: @unchecked Sendable {
         host.log(CA_LOG_INFO, "unplugged VIF \(vif.id) (tap \(vif.tap))")
     }
 
+    /// Removes the taps this plugin made (alias `compute-agent vif=<port> …`) for ports the
+    /// agent no longer has — what a crash between unplug and the journal left behind.
+    /// Nothing without the mark is touched.
+    func reconcile(_ req: JSONValue) throws(PluginFailure) -> JSONValue {
+        let known = Set((req["ports"]?.arrayValue ?? []).compactMap(\.stringValue))
+        var out: UnsafeMutablePointer<CChar>?
+        var err = [CChar](repeating: 0, count: 512)
+        guard ca_nl_links_marked("\(Self.mark) vif=", &out, &err, err.count) == 0, let out else {
+            throw PluginFailure(CA_ERR_FAILED, "listing the agent's interfaces: \(String(cString: err))")
+        }
+        let listing = String(cString: out)
+        free(out)
+        var removed: [JSONValue] = []
+        for line in listing.split(separator: "\n") {
+            let parts = line.split(separator: "\t", maxSplits: 1)
+            guard parts.count == 2, let vifField = parts[1].split(separator: " ").first(where: { $0.hasPrefix("vif=") }) else { continue }
+            let port = String(vifField.dropFirst(4))
+            if known.contains(port) { continue }
+            let name = String(parts[0])
+            if ca_nl_link_delete(name, &err, err.count) == 0 {
+                removed.append(.string(name))
+                host.log(CA_LOG_WARNING, "removed \(name): the agent made it for port \(port), which no instance has any more")
+            } else {
+                host.log(CA_LOG_ERROR, "could not remove \(name) (port \(port)): \(String(cString: err))")
+            }
+        }
+        return .object(["removed": .array(removed)])
+    }
+
     // MARK: - DHCP for the networks the plugin serves
 
     private func serve(_ vif: VIF) throws(PluginFailure) {
@@ -308,6 +337,12 @@ nonisolated(unsafe) private let vtable: UnsafeMutablePointer<ca_network_vtable> 
             PluginSDK.runJSON(out, err) { () throws(PluginFailure) in
                 let p = Unmanaged<LinuxBridgeNetwork>.fromOpaque(state!).takeUnretainedValue()
                 return try p.plug(instance: PluginSDK.parse(inst, what: "instance"), vif: PluginSDK.parse(vif, what: "vif"))
+            }
+        },
+        reconcile: { state, req, out, err in
+            PluginSDK.runJSON(out, err) { () throws(PluginFailure) in
+                let p = Unmanaged<LinuxBridgeNetwork>.fromOpaque(state!).takeUnretainedValue()
+                return try p.reconcile(PluginSDK.parse(req, what: "request"))
             }
         }))
     return v

@@ -61,10 +61,37 @@ extension ComputeManager {
                 await reconcile(uuid, hypervisorPower: domains[uuid]?.power, reason: "at start-up")
             }
         }
+        await reconcileNetwork(skipping: resuming)
         logger.info("recovered instance records", metadata: [
             "instances": "\(instances.count)", "resumed_operations": "\(resuming.count)",
             "unmanaged_domains": "\(unmanagedDomains.count)",
         ])
+    }
+
+    /// After a restart (a SIGKILL may have come between a plug and its record, or between
+    /// an unplug and the record's deletion): plug again the VIFs of every instance the
+    /// agent has (plugging is idempotent), then let the plugin remove what it made for
+    /// ports no instance has. Instances whose operation is being resumed are left to it.
+    func reconcileNetwork(skipping resuming: Set<String>) async {
+        var ports: [String] = []
+        for uuid in instances.keys.sorted() {
+            guard var r = instances[uuid] else { continue }
+            ports += r.vifs.compactMap { $0["id"]?.stringValue }
+            guard !resuming.contains(uuid), !r.vifs.isEmpty, r.vmState != .deleted, r.vmState != .building else { continue }
+            do { try await plugVIFs(&r, uuid: uuid) } catch {
+                log(uuid).error("could not plug the instance's VIFs again at start-up: \(error)")
+            }
+        }
+        do {
+            if let result = try await plugins.network.reconcile(ports: ports),
+               let removed = result["removed"]?.arrayValue, !removed.isEmpty
+            {
+                logger.warning("network: removed interfaces the agent had made for ports no instance has",
+                               metadata: ["removed": "\(removed.compactMap(\.stringValue).joined(separator: ","))"])
+            }
+        } catch {
+            logger.error("network reconciliation at start-up failed: \(error)")
+        }
     }
 
     private func resume(_ action: InstanceAction, _ op: StoredOperation, _ ticket: KeyedFIFOLock.Ticket) async {

@@ -62,7 +62,7 @@ while let a = argv.popFirst() {
             fail(2, "--log-target takes auto, journald or stderr\n\(usage)")
         }
         logTarget = t
-    case "--version": print("compute-agent \(ComputeManager.agentVersion) (RPC API \(ComputeManager.apiVersion), plugin ABI 1.1)"); exit(0)
+    case "--version": print("compute-agent \(ComputeManager.agentVersion) (RPC API \(ComputeManager.apiVersion), plugin ABI 1.2)"); exit(0)
     case "--help", "-h": print(usage); exit(0)
     default: fail(2, "unknown argument '\(a)'\n\(usage)")
     }

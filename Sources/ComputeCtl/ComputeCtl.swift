@@ -178,7 +178,9 @@ struct Boot: AsyncParsableCommand {
     @Option(help: "Virtual CPUs.") var vcpus: Int = 1
     @Option(help: "Memory in MiB.") var memory: Int = 64
     @Option(help: "Root disk in GiB.") var disk: Int = 1
-    @Option(help: "Image reference (file:///path).") var image: String?
+    @Option(help: "Image reference: file:///path, a Glance image id, or an http(s):// URL.") var image: String?
+    @Option(help: "A network interface as JSON in nova's network model (repeatable; see docs/rpc-api.md).")
+    var vif: [String] = []
     @Flag(help: "Wait until the build has finished, printing each state.") var wait = false
 
     func run() async throws {
@@ -186,6 +188,13 @@ struct Boot: AsyncParsableCommand {
         var instance: [String: JSONValue] = ["uuid": .string(id), "name": .string(name), "vcpus": .int(Int64(vcpus)),
                                              "memory_mb": .int(Int64(memory)), "root_gb": .int(Int64(disk))]
         if let image { instance["image_ref"] = .string(image) }
+        if !vif.isEmpty {
+            var vifs: [JSONValue] = []
+            for text in vif {
+                do { vifs.append(try JSONValue.parse(text)) } catch { throw ValidationError("--vif is not JSON: \(error)") }
+            }
+            instance["vifs"] = .array(vifs)
+        }
         try await conn.withClient { c, host in
             try await c.cast(topic: "compute", server: host, method: "build_and_run_instance",
                              args: ["instance": .object(instance)])

@@ -250,3 +250,44 @@ int ca_nl_addr_add(const char *dev, const char *cidr, char *err, size_t err_len)
     }
     return 0;
 }
+
+typedef struct {
+    const char *prefix;
+    char *buf;
+    size_t len, cap;
+} marked_list;
+
+static int marked_cb(const struct nlmsghdr *nlh, void *data) {
+    marked_list *m = data;
+    ca_nl_link l;
+    memset(&l, 0, sizeof l);
+    struct ifinfomsg *ifm = mnl_nlmsg_get_payload(nlh);
+    l.ifindex = ifm->ifi_index;
+    char name[IFNAMSIZ] = {0};
+    struct nlattr *a;
+    mnl_attr_for_each(a, nlh, sizeof *ifm) {
+        if (mnl_attr_get_type(a) == IFLA_IFNAME) snprintf(name, sizeof name, "%s", mnl_attr_get_str(a));
+    }
+    mnl_attr_parse(nlh, sizeof *ifm, link_attr_cb, &l);
+    if (!name[0] || strncmp(l.alias, m->prefix, strlen(m->prefix)) != 0) return MNL_CB_OK;
+    size_t need = strlen(name) + strlen(l.alias) + 3;
+    if (m->len + need + 1 > m->cap) {
+        size_t cap = (m->len + need + 1) * 2;
+        char *b = realloc(m->buf, cap);
+        if (!b) return MNL_CB_ERROR;
+        m->buf = b;
+        m->cap = cap;
+    }
+    m->len += (size_t)sprintf(m->buf + m->len, "%s\t%s\n", name, l.alias);
+    return MNL_CB_OK;
+}
+
+int ca_nl_links_marked(const char *prefix, char **out, char *err, size_t err_len) {
+    char buf[MNL_SOCKET_BUFFER_SIZE];
+    struct nlmsghdr *nlh = link_msg(buf, RTM_GETLINK, NLM_F_DUMP);
+    marked_list m = {.prefix = prefix};
+    int rc = talk(nlh, marked_cb, &m);
+    if (rc < 0) { free(m.buf); return fail(err, err_len, "listing links", -rc); }
+    *out = m.buf ? m.buf : strdup("");
+    return 0;
+}

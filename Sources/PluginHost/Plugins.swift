@@ -247,6 +247,18 @@ public final class NetworkPlugin: Sendable {
         return nil
     }
 
+    /// Tells the plugin every port the agent has, so it removes what it made for others
+    /// (ABI 1.2 `reconcile`); nil when the plugin has no such operation.
+    public func reconcile(ports: [String]) async throws(PluginError) -> JSONValue? {
+        let field = \ca_network_vtable.reconcile
+        guard let offset = MemoryLayout<ca_network_vtable>.offset(of: field),
+              caller.handle.vtableSize >= offset + MemoryLayout<UnsafeRawPointer?>.size,
+              let fn = caller.handle.vtable.assumingMemoryBound(to: ca_network_vtable.self).pointee.reconcile
+        else { return nil }
+        let json = JSONValue.object(["ports": .array(ports.map { .string($0) })]).serialized()
+        return try await caller.callJSON("reconcile") { h, out, err in fn(h.state, json, out, err) }
+    }
+
     public func unplug(instance: JSONValue, vif: JSONValue) async throws(PluginError) {
         let i = instance.serialized(), v = vif.serialized()
         try await caller.call("unplug") { h, err in

@@ -179,3 +179,36 @@ def test_tiny_guest_gets_dhcp_and_answers_ping_and_http(tmp_path, names, transpo
             subprocess.run(["virsh", "-c", "qemu:///system", "undefine", u], capture_output=True)
         if dnsmasq_pid:
             subprocess.run(["kill", str(dnsmasq_pid)], capture_output=True)
+
+
+def test_restart_plugs_vifs_again_and_removes_only_orphans_the_agent_made(tmp_path, names, transport):
+    br = names()
+    a = lb_agent(tmp_path).start()
+    orphan, foreign = "tap" + uuid.uuid4().hex[:11], "tap" + uuid.uuid4().hex[:11]
+    try:
+        c = rpc_client(transport, a.host)
+        v = vif(br)
+        tap = "tap" + v["id"][:11]
+        inst = {"uuid": str(uuid.uuid4()), "name": "vm-restart", "vcpus": 1, "memory_mb": 64, "vifs": [v]}
+        assert c.call({}, "build_and_run_instance", instance=inst)["vm_state"] == "active"
+        a.kill()
+        # While the agent is down: its tap disappears, and a crash left a tap it had made
+        # for a port no instance has; someone else's tap carries another mark.
+        subprocess.run(["ip", "link", "del", tap], check=True)
+        for name, alias in [(orphan, f"compute-agent vif={uuid.uuid4()} instance=gone"), (foreign, "someone-else")]:
+            subprocess.run(["ip", "tuntap", "add", "dev", name, "mode", "tap"], check=True)
+            subprocess.run(["ip", "link", "set", "dev", name, "alias", alias], check=True)
+        a.start()
+        deadline = time.time() + 10
+        while time.time() < deadline and (link(tap) is None or link(orphan) is not None):
+            time.sleep(0.1)
+        t = link(tap)
+        assert t is not None and t["master"] == br, "the instance's VIF was not plugged again at start-up"
+        assert link(orphan) is None, "an orphan tap the agent made was left behind"
+        assert link(foreign) is not None, "a tap the agent did not make was removed"
+        assert "removed interfaces the agent had made for ports no instance has" in a.text()
+        c.call({}, "terminate_instance", instance_uuid=inst["uuid"])
+    finally:
+        a.stop()
+        for n in (orphan, foreign):
+            subprocess.run(["ip", "link", "del", n], capture_output=True)

@@ -35,6 +35,10 @@ int ca_nl_vlan_ensure(const char *name, const char *parent, int vlan_id, const c
 /* Deletes a link; one that does not exist is success. */
 int ca_nl_link_delete(const char *name, char *err, size_t err_len);
 
+/* Lists the links whose alias starts with `prefix`, as malloc'd text (caller frees): one
+ * "<name>\t<alias>\n" line each. Returns 0, or -1 with `err`. */
+int ca_nl_links_marked(const char *prefix, char **out, char *err, size_t err_len);
+
 /* Adds an IPv4 address ("10.0.0.1/24") to a device; an address already there is success. */
 int ca_nl_addr_add(const char *dev, const char *cidr, char *err, size_t err_len);
 

@@ -188,6 +188,11 @@ typedef struct ca_image_fetch_vtable {
  *    "virtualport": {"type": "openvswitch", "interfaceid": "<port id>"}}
  * The agent keeps it with the VIF (the hypervisor plugin sees it as the VIF's "domain")
  * and calls plug_vif instead of plug when the plugin has it.
+ *
+ * ABI 1.2, optional: reconcile runs at start-up, after the agent has plugged again the
+ * VIFs of its instances. Request: {"ports": ["<port id>", ...]} (every VIF the agent has);
+ * the plugin removes what it made for any other port (only what it marked as its own) and
+ * returns {"removed": ["<interface>", ...]}.
  */
 typedef struct ca_network_vtable {
   CA_PLUGIN_VTABLE_HEADER
@@ -199,6 +204,7 @@ typedef struct ca_network_vtable {
   /* ABI 1.2, optional */
   ca_status (*plug_vif)(void *state, const char *instance_json, const char *vif_json,
                         char **out_json, ca_error *err);
+  ca_status (*reconcile)(void *state, const char *request_json, char **out_json, ca_error *err);
 } ca_network_vtable;
 
 /* What the entry symbol returns. Static: readable before init and for the whole life of
