@@ -119,7 +119,8 @@ nonisolated(unsafe) private let vtable: UnsafeMutablePointer<ca_image_fetch_vtab
                 let f = Unmanaged<FileImageFetcher>.fromOpaque(state!).takeUnretainedValue()
                 return try f.upload(PluginSDK.parse(json, what: "request"))
             }
-        }))
+        },
+        cleanup_cache: nil))  // copies straight to the disk: no cache to clean
     return v
 }()
 

@@ -167,6 +167,75 @@ final class GlanceImageFetcher: @unchecked Sendable {
         return (record, true, bytes)
     }
 
+    // MARK: - Cache cleanup
+
+    /// nova's image cache manager pass over `_base`: 40-hex names are originals,
+    /// `<sha1>_<n>` resized copies; in use = the sha1 of an image the host's instances use,
+    /// or the real backing file of an instance disk (read from its qcow2 header: no
+    /// process per disk, so it stays cheap at thousands of instances). An unused file is
+    /// removed once older than its minimum age, under its lock (a fetch holding the lock
+    /// keeps it), and its lock file with it.
+    func cleanup(_ req: JSONValue) throws(PluginFailure) -> JSONValue {
+        guard let instances = req["instances_path"]?.stringValue, instances.hasPrefix("/") else {
+            throw PluginFailure(CA_ERR_INVALID_ARGUMENT, "instances_path must be an absolute path")
+        }
+        let dir = cacheDir ?? instances + "/_base"
+        var inUse = Set((req["in_use"]?.arrayValue ?? []).compactMap(\.stringValue).map { Digest.hex("sha1", of: $0) })
+        for disk in (req["instance_disks"]?.arrayValue ?? []).compactMap(\.stringValue) {
+            if let backing = QCOW2.backingFile(of: disk), backing.hasPrefix(dir + "/") {
+                inUse.insert(String(backing.dropFirst(dir.count + 1)))
+            }
+        }
+        let removeUnused = req["remove_unused"]?.boolValue ?? true
+        let originalAge = Double(req["original_min_age"]?.intValue ?? 86_400)
+        let resizedAge = Double(req["resized_min_age"]?.intValue ?? 3600)
+        guard let d = opendir(dir) else { return .object(["removed": [], "kept": 0, "in_use": 0, "bytes": 0]) }
+        var names: [String] = []
+        while let e = readdir(d) {
+            let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            names.append(name)
+        }
+        closedir(d)
+        var removed: [JSONValue] = [], kept = 0, used = 0, bytes = 0
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        for name in names {
+            let sha = String(name.prefix(40))
+            guard sha.count == 40, sha.utf8.allSatisfy({ ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x61 && $0 <= 0x66) }) else { continue }
+            let rest = name.dropFirst(40)
+            let resized = rest.hasPrefix("_") && rest.dropFirst().allSatisfy(\.isNumber) && rest.count > 1
+            guard rest.isEmpty || resized else { continue }  // .lock, .part, .converted
+            let path = dir + "/" + name
+            var st = stat()
+            guard stat(path, &st) == 0 else { continue }
+            if inUse.contains(name) || inUse.contains(sha) {
+                used += 1; kept += 1; bytes += Int(st.st_size)
+                continue
+            }
+            let age = Double(now.tv_sec - st.st_mtim.tv_sec)
+            guard removeUnused, age >= (resized ? resizedAge : originalAge) else {
+                kept += 1; bytes += Int(st.st_size)
+                continue
+            }
+            // Under the base's lock: a fetch that holds it is using the file right now.
+            let lockPath = dir + "/" + sha + ".lock"
+            let fd = open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+            guard fd >= 0, flock(fd, LOCK_EX | LOCK_NB) == 0 else {
+                if fd >= 0 { close(fd) }
+                kept += 1; bytes += Int(st.st_size)
+                continue
+            }
+            if unlink(path) == 0 {
+                removed.append(.string(name))
+                if !resized { unlink(lockPath) }
+                host.log(CA_LOG_INFO, "image cache: removed unused base \(name) (\(Int(age)) s old)")
+            }
+            close(fd)
+        }
+        return .object(["removed": .array(removed), "kept": .int(Int64(kept)), "in_use": .int(Int64(used)),
+                        "bytes": .int(Int64(bytes))])
+    }
+
     // MARK: - Download and verify
 
     private func download(_ ref: String, to base: String, token: String?, expectedChecksum: String?) throws(PluginFailure) -> (JSONValue?, Int) {
@@ -377,6 +446,24 @@ final class Verifier {
     }
 }
 
+/// Reads a qcow2 image's backing file name from its header (magic `QFI\xfb`, then the
+/// big-endian offset and length of the name at bytes 8 and 16).
+enum QCOW2 {
+    static func backingFile(of path: String) -> String? {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var h = [UInt8](repeating: 0, count: 20)
+        guard h.withUnsafeMutableBytes({ pread(fd, $0.baseAddress, 20, 0) }) == 20, h[0..<4] == [0x51, 0x46, 0x49, 0xFB] else { return nil }
+        let offset = h[8..<16].reduce(0) { $0 << 8 | Int($1) }
+        let length = h[16..<20].reduce(0) { $0 << 8 | Int($1) }
+        guard offset > 0, length > 0, length < 4096 else { return nil }
+        var name = [UInt8](repeating: 0, count: length)
+        guard name.withUnsafeMutableBytes({ pread(fd, $0.baseAddress, length, off_t(offset)) }) == length else { return nil }
+        return String(decoding: name, as: UTF8.self)
+    }
+}
+
 extension String {
     init(format3 value: Double) { self = "\((value * 1000).rounded() / 1000)" }
 
@@ -411,7 +498,13 @@ nonisolated(unsafe) private let vtable: UnsafeMutablePointer<ca_image_fetch_vtab
                 return try f.fetch(PluginSDK.parse(json, what: "request"))
             }
         },
-        upload: nil))
+        upload: nil,
+        cleanup_cache: { state, json, out, err in
+            PluginSDK.runJSON(out, err) { () throws(PluginFailure) in
+                let f = Unmanaged<GlanceImageFetcher>.fromOpaque(state!).takeUnretainedValue()
+                return try f.cleanup(PluginSDK.parse(json, what: "request"))
+            }
+        }))
     return v
 }()
 

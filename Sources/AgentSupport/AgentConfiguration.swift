@@ -61,6 +61,12 @@ public struct AgentConfiguration: Sendable {
     public var retryInterval: Double
     public var retryBackoff: Double
     public var intervalMax: Double
+    // [image_cache] (nova's names and defaults)
+    /// Seconds between cache manager passes; 0 = every `periodic_interval`; -1 = off.
+    public var imageCacheManagerInterval: Int
+    public var removeUnusedBaseImages: Bool
+    public var removeUnusedOriginalMinimumAge: Int
+    public var removeUnusedResizedMinimumAge: Int
 
     /// Options of each plugin's own section, by section name.
     public var pluginSections: [String: [String: String]]
@@ -90,6 +96,8 @@ public struct AgentConfiguration: Sendable {
             transientQueuesTTL: 1800, durableQueues: false,
             ssl: false, sslCAFile: nil, sslCertFile: nil, sslKeyFile: nil, sslVersion: "", sslVerifyHostname: true,
             retryInterval: 1, retryBackoff: 2, intervalMax: 30,
+            imageCacheManagerInterval: 2400, removeUnusedBaseImages: true, removeUnusedOriginalMinimumAge: 86_400,
+            removeUnusedResizedMinimumAge: 3600,
             pluginSections: [:], sourceFile: "<defaults>", optionLines: [:])
     }
 
@@ -110,6 +118,8 @@ public struct AgentConfiguration: Sendable {
                                   "amqp_durable_queues", "ssl", "ssl_ca_file", "ssl_cert_file", "ssl_key_file",
                                   "ssl_version", "ssl_enforce_fips_mode", "ssl_enforce_hostname_verification",
                                   "rabbit_retry_interval", "rabbit_retry_backoff", "rabbit_interval_max"],
+        "image_cache": ["manager_interval", "remove_unused_base_images", "remove_unused_original_minimum_age_seconds",
+                        "remove_unused_resized_minimum_age_seconds"],
     ]
 
     /// Reads and validates a configuration file.
@@ -182,6 +192,14 @@ public struct AgentConfiguration: Sendable {
         c.retryBackoff = try reader.seconds(r, "rabbit_retry_backoff", c.retryBackoff, allowZero: true)
         c.intervalMax = try reader.seconds(r, "rabbit_interval_max", c.intervalMax)
 
+        let ic = "image_cache"
+        c.imageCacheManagerInterval = try reader.int(ic, "manager_interval", c.imageCacheManagerInterval, range: -1...(86_400 * 30))
+        c.removeUnusedBaseImages = try reader.bool(ic, "remove_unused_base_images", c.removeUnusedBaseImages)
+        c.removeUnusedOriginalMinimumAge = try reader.int(ic, "remove_unused_original_minimum_age_seconds",
+                                                          c.removeUnusedOriginalMinimumAge, range: 0...(86_400 * 365))
+        c.removeUnusedResizedMinimumAge = try reader.int(ic, "remove_unused_resized_minimum_age_seconds",
+                                                         c.removeUnusedResizedMinimumAge, range: 0...(86_400 * 365))
+
         // Plugin sections are free-form; any other section is unknown.
         let pluginNames: Set<String> = [c.computeDriver, c.imageFetcher, c.networkPlugin]
         for (section, entries) in ini.sections {
@@ -196,7 +214,7 @@ public struct AgentConfiguration: Sendable {
             } else {
                 throw ConfigError(
                     file: ini.path, line: ini.sectionLines[section], section: section, option: nil,
-                    message: "unknown section (known: DEFAULT, oslo_messaging_rabbit, and one per configured plugin: \(pluginNames.sorted().joined(separator: ", ")))")
+                    message: "unknown section (known: DEFAULT, oslo_messaging_rabbit, image_cache, and one per configured plugin: \(pluginNames.sorted().joined(separator: ", ")))")
             }
         }
         c.optionLines.merge(reader.lines) { a, _ in a }
@@ -218,7 +236,7 @@ public struct AgentConfiguration: Sendable {
     /// The options that a SIGHUP reload applies without a restart.
     public static let liveOptions: Set<String> = [
         "debug", "report_interval", "periodic_interval", "update_resources_interval", "sync_power_state_interval",
-        "reclaim_instance_interval",
+        "reclaim_instance_interval", "image_cache.manager_interval",
     ]
 
     /// This configuration with the live options taken from `new`.
@@ -230,6 +248,7 @@ public struct AgentConfiguration: Sendable {
         c.updateResourcesInterval = new.updateResourcesInterval
         c.syncPowerStateInterval = new.syncPowerStateInterval
         c.reclaimInstanceInterval = new.reclaimInstanceInterval
+        c.imageCacheManagerInterval = new.imageCacheManagerInterval
         return c
     }
 
@@ -260,6 +279,10 @@ public struct AgentConfiguration: Sendable {
             "oslo_messaging_rabbit.rabbit_retry_interval": "\(retryInterval)",
             "oslo_messaging_rabbit.rabbit_retry_backoff": "\(retryBackoff)",
             "oslo_messaging_rabbit.rabbit_interval_max": "\(intervalMax)",
+            "image_cache.manager_interval": "\(imageCacheManagerInterval)",
+            "image_cache.remove_unused_base_images": "\(removeUnusedBaseImages)",
+            "image_cache.remove_unused_original_minimum_age_seconds": "\(removeUnusedOriginalMinimumAge)",
+            "image_cache.remove_unused_resized_minimum_age_seconds": "\(removeUnusedResizedMinimumAge)",
         ]
     }
 

@@ -33,6 +33,10 @@ public actor ComputeManager {
         public var maxOperationAttempts = 3
         /// Finished operations kept for redelivery detection.
         public var operationsKept = 10_000
+        /// nova's `[image_cache]` options for the cache manager pass.
+        public var removeUnusedBaseImages = true
+        public var originalMinimumAge = 86_400
+        public var resizedMinimumAge = 3600
 
         public init(host: String, statePath: String) {
             self.host = host

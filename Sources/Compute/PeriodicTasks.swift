@@ -28,12 +28,17 @@ public final class PeriodicTasks: Sendable {
         public var powerSync: Double
         /// 0: no reclaim.
         public var reclaim: Double
-        public init(report: Double, capabilities: Double, resources: Double = 60, powerSync: Double = 600, reclaim: Double = 0) {
+        /// The image cache manager; 0: off.
+        public var imageCache: Double
+        public init(report: Double, capabilities: Double, resources: Double = 60, powerSync: Double = 600, reclaim: Double = 0,
+                    imageCache: Double = 0)
+        {
             self.report = report
             self.capabilities = capabilities
             self.resources = resources
             self.powerSync = powerSync
             self.reclaim = reclaim
+            self.imageCache = imageCache
         }
     }
 
@@ -115,6 +120,21 @@ public final class PeriodicTasks: Sendable {
                 ) {
                     let after = self.intervals.withLock { $0.reclaim }
                     if after > 0 { await self.manager.reclaimQueuedDeletes(olderThan: after) }
+                }
+            }
+            // nova's _run_image_cache_manager_pass; an interval of 0 checks again every
+            // periodic_interval whether it was switched on by a reload.
+            let cache = PeriodicSchedule(interval: max(1, intervals.withLock { $0.imageCache }))
+            group.addTask {
+                await runPeriodically(
+                    schedule: {
+                        let i = self.intervals.withLock { $0 }
+                        return PeriodicSchedule(interval: i.imageCache > 0 ? i.imageCache : i.capabilities)
+                    },
+                    initialDelay: cache.initialDelay(cap: 60),
+                    record: { d in self.finished("image_cache_manager", d) }
+                ) {
+                    if self.intervals.withLock({ $0.imageCache }) > 0 { await self.manager.runImageCacheManager() }
                 }
             }
         }

@@ -68,6 +68,31 @@ extension ComputeManager {
         ])
     }
 
+    /// nova's image cache manager pass: the image plugin removes cached bases no instance
+    /// of this host uses (image refs, and the real backing file of every disk), once older
+    /// than their minimum age. A plugin without a cache has nothing to do.
+    public func runImageCacheManager() async {
+        let records = instances.values.filter { $0.vmState != .deleted }
+        let refs = Set(records.compactMap(\.imageRef))
+        let req: JSONValue = .object([
+            "instances_path": .string(instancesPath), "in_use": .array(refs.sorted().map { .string($0) }),
+            "instance_disks": .array(records.map { .string($0.diskPath) }),
+            "remove_unused": .bool(settings.removeUnusedBaseImages),
+            "original_min_age": .int(Int64(settings.originalMinimumAge)), "resized_min_age": .int(Int64(settings.resizedMinimumAge)),
+        ])
+        do {
+            guard let result = try await plugins.imageFetcher.cleanupCache(req) else { return }
+            let removed = result["removed"]?.arrayValue?.compactMap(\.stringValue) ?? []
+            logger.log(level: removed.isEmpty ? .debug : .info, "image cache manager pass", metadata: [
+                "removed": "\(removed.isEmpty ? "-" : removed.joined(separator: ","))",
+                "kept": "\(result["kept"]?.intValue ?? 0)", "in_use": "\(result["in_use"]?.intValue ?? 0)",
+                "bytes": "\(result["bytes"]?.intValue ?? 0)",
+            ])
+        } catch {
+            logger.error("image cache manager pass failed: \(error)")
+        }
+    }
+
     /// After a restart (a SIGKILL may have come between a plug and its record, or between
     /// an unplug and the record's deletion): plug again the VIFs of every instance the
     /// agent has (plugging is idempotent), then let the plugin remove what it made for

@@ -172,7 +172,7 @@ final class SignalHandling: Sendable {
         LiveLogLevel.current = (new.debug || forceDebug) ? .debug : .info
         periodic.setIntervals(.init(report: new.reportInterval, capabilities: new.periodicInterval,
                                     resources: new.updateResourcesInterval, powerSync: new.syncPowerStateInterval,
-                                    reclaim: new.reclaimInstanceInterval))
+                                    reclaim: new.reclaimInstanceInterval, imageCache: imageCacheInterval(new)))
         var kept = new
         // What needs a restart keeps its running value until then (a later reload compares
         // against what runs).

@@ -138,6 +138,9 @@ settings.resources.reservedHostMemoryMB = config.reservedHostMemoryMB
 settings.resources.reservedHostDiskMB = config.reservedHostDiskMB
 settings.maxConcurrentBuilds = config.maxConcurrentBuilds
 settings.softRebootTimeout = config.softRebootTimeout
+settings.removeUnusedBaseImages = config.removeUnusedBaseImages
+settings.originalMinimumAge = config.removeUnusedOriginalMinimumAge
+settings.resizedMinimumAge = config.removeUnusedResizedMinimumAge
 let instanceNotifier = InstanceNotifier(driver: InstanceNotifier.Driver(rawValue: config.notificationDriver) ?? .noop,
                                         host: config.host, topic: config.notificationTopic, logger: logger)
 let manager = ComputeManager(settings: settings, plugins: plugins, store: store, notifier: instanceNotifier, logger: logger)
@@ -210,8 +213,18 @@ let periodic = PeriodicTasks(
     manager: manager, notifier: notifier, host: config.host,
     intervals: .init(report: config.reportInterval, capabilities: config.periodicInterval,
                      resources: config.updateResourcesInterval, powerSync: config.syncPowerStateInterval,
-                     reclaim: config.reclaimInstanceInterval),
+                     reclaim: config.reclaimInstanceInterval,
+                     imageCache: imageCacheInterval(config)),
     logger: logger)
+
+/// `[image_cache] manager_interval` as nova reads it: -1 off, 0 every `periodic_interval`.
+func imageCacheInterval(_ c: AgentConfiguration) -> Double {
+    switch c.imageCacheManagerInterval {
+    case ..<0: return 0
+    case 0: return c.periodicInterval
+    case let n: return Double(n)
+    }
+}
 
 /// The RPC server as a service: consumes until graceful shutdown. A shutdown while the
 /// broker cannot be reached ends it at once (nothing runs yet).

@@ -223,6 +223,19 @@ extension ImageFetchPlugin {
     }
 }
 
+extension ImageFetchPlugin {
+    /// The image cache's periodic cleanup (ABI 1.2); nil when the plugin keeps no cache.
+    public func cleanupCache(_ request: JSONValue) async throws(PluginError) -> JSONValue? {
+        let field = \ca_image_fetch_vtable.cleanup_cache
+        guard let offset = MemoryLayout<ca_image_fetch_vtable>.offset(of: field),
+              caller.handle.vtableSize >= offset + MemoryLayout<UnsafeRawPointer?>.size,
+              let fn = caller.handle.vtable.assumingMemoryBound(to: ca_image_fetch_vtable.self).pointee.cleanup_cache
+        else { return nil }
+        let json = request.serialized()
+        return try await caller.callJSON("cleanup_cache") { h, out, err in fn(h.state, json, out, err) }
+    }
+}
+
 /// A loaded network-setup plugin (ca_network_vtable).
 public final class NetworkPlugin: Sendable {
     public var info: PluginInfo { caller.info }

@@ -166,3 +166,31 @@ def test_concurrent_builds_of_one_image_download_it_once(tmp_path, glance, qcow2
         assert file_gets(image_id) == 1, "five builds of one image must download it once"
     finally:
         a.stop()
+
+
+def test_cache_manager_removes_an_unused_base_past_its_age_and_keeps_the_one_in_use(tmp_path, glance, qcow2_image, transport):
+    used, unused = upload(glance, qcow2_image), upload(glance, qcow2_image)
+    a = Agent(tmp_path, extra_default="image_fetcher = glance",
+              sections={"libvirt": {"connection_uri": "test:///default"}, "glance": {"api_servers": glance},
+                        "image_cache": {"manager_interval": "1", "remove_unused_original_minimum_age_seconds": "2"}})
+    a.start()
+    try:
+        c = rpc_client(transport, a.host)
+        base_dir = a.state / "instances" / "_base"
+        keep = build(c, used)
+        gone = build(c, unused)
+        assert c.call({}, "terminate_instance", instance_uuid=gone["uuid"])["vm_state"] == "deleted"
+        used_base = base_dir / hashlib.sha1(used.encode()).hexdigest()
+        unused_base = base_dir / hashlib.sha1(unused.encode()).hexdigest()
+        assert used_base.exists() and unused_base.exists()
+        os.utime(used_base, (time.time() - 3600, time.time() - 3600))  # old, but in use
+        deadline = time.time() + 20
+        while time.time() < deadline and unused_base.exists():
+            time.sleep(0.2)
+        assert not unused_base.exists(), "an unused base past its minimum age must be removed"
+        assert not (base_dir / (unused_base.name + ".lock")).exists()
+        assert used_base.exists(), "a base an instance uses must be kept"
+        assert f"removed={unused_base.name}" in a.text()
+        assert c.call({}, "get_instance_info", instance_uuid=keep["uuid"])["vm_state"] == "active"
+    finally:
+        a.stop()

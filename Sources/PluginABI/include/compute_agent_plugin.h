@@ -172,6 +172,13 @@ typedef struct ca_image_fetch_vtable {
   ca_status (*fetch)(void *state, const char *request_json, char **out_json, ca_error *err);
   /* ABI 1.1, optional */
   ca_status (*upload)(void *state, const char *request_json, char **out_json, ca_error *err);
+  /* ABI 1.2, optional: the image cache's periodic cleanup (nova's image cache manager).
+   * Request: {"instances_path": "...", "in_use": ["<image ref>", ...], "instance_disks":
+   * ["<path>", ...], "remove_unused": true, "original_min_age": 86400, "resized_min_age":
+   * 3600}. A cached base is in use when it caches one of `in_use` or backs one of
+   * `instance_disks`; an unused one older than its minimum age is removed (never one a
+   * fetch holds). Returns {"removed": [...], "kept": n, "in_use": n, "bytes": n}. */
+  ca_status (*cleanup_cache)(void *state, const char *request_json, char **out_json, ca_error *err);
 } ca_image_fetch_vtable;
 
 /*
