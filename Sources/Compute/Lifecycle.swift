@@ -264,8 +264,9 @@ extension ComputeManager {
     /// hypervisor plugin builds the right `<interface>` now and after a restart.
     func plugVIFs(_ r: inout InstanceRecord, uuid: String) async throws {
         var vifs = r.vifs
+        let instance = r.pluginJSON.serialized()
         for (n, vif) in vifs.enumerated() {
-            if let domain = try await plugins.network.plug(instance: r.pluginJSON, vif: vif), case .object(var o) = vif {
+            if let domain = try await plugins.network.plug(instanceJSON: instance, vif: vif), case .object(var o) = vif {
                 o["domain"] = domain
                 vifs[n] = .object(o)
             }

@@ -246,7 +246,14 @@ public final class NetworkPlugin: Sendable {
     /// `plug_vif`), nil for a plugin that only plugs.
     @discardableResult
     public func plug(instance: JSONValue, vif: JSONValue) async throws(PluginError) -> JSONValue? {
-        let i = instance.serialized(), v = vif.serialized()
+        try await plug(instanceJSON: instance.serialized(), vif: vif)
+    }
+
+    /// `plug` with the instance already serialized: a build plugging N VIFs serializes the
+    /// instance (which lists all N) once, not N times.
+    @discardableResult
+    public func plug(instanceJSON i: String, vif: JSONValue) async throws(PluginError) -> JSONValue? {
+        let v = vif.serialized()
         let field = \ca_network_vtable.plug_vif
         if let offset = MemoryLayout<ca_network_vtable>.offset(of: field),
            caller.handle.vtableSize >= offset + MemoryLayout<UnsafeRawPointer?>.size,

@@ -295,3 +295,58 @@ def test_full_disk_keeps_the_cast_with_the_broker_until_it_can_be_recorded(tmp_p
     finally:
         a.stop()
         notify.sock.close()
+
+
+def test_sigterm_is_not_held_by_a_hung_plugin_call(tmp_path, test_plugin_dir, transport):
+    """A plugin call that hangs past plugin_call_timeout is abandoned (its action fails and is
+    recorded); the thread still stuck in the plugin must not hold up the exit."""
+    from conftest import memhv_agent, new_instance
+    a = memhv_agent(tmp_path, test_plugin_dir, memhv={"spawn_sleep_ms": 60000}, extra_default="plugin_call_timeout = 1").start()
+    try:
+        c = rpc_client(transport, a.host)
+        inst = new_instance(name="slow-spawn-hung")  # memhv sleeps in spawn for names like this
+        with pytest.raises(oslo_messaging.RemoteError):
+            c.call({}, "build_and_run_instance", instance=inst)
+        started = time.time()
+        a.proc.send_signal(signal.SIGTERM)
+        assert a.proc.wait(10) == 0
+        took = time.time() - started
+        print(f"SIGTERM with a hung plugin call: exited in {took:.3f} s")
+        assert took < 1.0, took
+    finally:
+        a.stop()
+
+
+def test_computectl_timeout_covers_the_connection(tmp_path):
+    """--timeout bounds the whole command: a closed port or a refused login ends it."""
+    from conftest import CTL
+    for url in [f"rabbit://{RABBIT_USER}:{RABBIT_PASSWORD}@127.0.0.1:{closed_port()}/",
+                f"rabbit://{RABBIT_USER}:wrong@127.0.0.1:5672/"]:
+        started = time.time()
+        p = subprocess.run([str(CTL), "ping", "--transport-url", url, "--host", "x", "--timeout", "3"],
+                           capture_output=True, text=True, timeout=30)
+        took = time.time() - started
+        assert p.returncode != 0 and took < 5, (took, p.stderr)
+        assert "cannot reach the broker" in p.stderr + p.stdout
+        assert RABBIT_PASSWORD not in p.stderr + p.stdout and "wrong@" not in p.stderr + p.stdout
+
+
+def test_journal_is_owner_only_and_a_readable_password_file_is_warned_about(tmp_path):
+    import os
+    import stat
+    a = Agent(tmp_path).start()
+    try:
+        mode = stat.S_IMODE(os.stat(a.state / "compute-agent.sqlite").st_mode)
+        assert mode == 0o600, oct(mode)
+        assert "holds the broker password and is readable by every user" in a.text()
+    finally:
+        a.stop()
+    os.chmod(a.conf, 0o640)
+    (tmp_path / "b").mkdir()
+    b = Agent(tmp_path / "b")
+    os.chmod(b.conf, 0o640)
+    b.start()
+    try:
+        assert "readable by every user" not in b.text()
+    finally:
+        b.stop()
