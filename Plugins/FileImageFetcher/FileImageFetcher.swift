@@ -61,7 +61,7 @@ final class FileImageFetcher: @unchecked Sendable {
             wanted = String(w.dropFirst(7)).lowercased()
         }
 
-        try makeParents(of: dest)
+        try PluginFiles.makeDirectories(String(dest[..<(dest.lastIndex(of: "/") ?? dest.startIndex)]))
         // libcrypto's sha256 (through PluginSDK.Digest), not a hand-written one.
         let hasher = Digest("sha256")!
         var digest = ""
@@ -78,17 +78,6 @@ final class FileImageFetcher: @unchecked Sendable {
         })
         host.log(CA_LOG_INFO, "fetched \(src) to \(dest) (\(total) bytes, sha256:\(digest))")
         return .object(["size": .int(Int64(total)), "checksum": .string("sha256:" + digest)])
-    }
-
-    private func makeParents(of path: String) throws(PluginFailure) {
-        var prefix = ""
-        let parts = path.split(separator: "/").dropLast()
-        for p in parts {
-            prefix += "/" + p
-            if mkdir(prefix, 0o755) != 0 && errno != EEXIST {
-                throw PluginFailure(CA_ERR_FAILED, "cannot create directory \(prefix): \(String(cString: strerror(errno)))")
-            }
-        }
     }
 }
 

@@ -89,7 +89,7 @@ final class GlanceImageFetcher: @unchecked Sendable {
         let token = req["auth_token"]?.stringValue
         let rootGB = req["root_gb"]?.intValue ?? 0
         let base = baseDirectory(for: dest) + "/" + Digest.hex("sha1", of: ref)
-        try makeDirectories(baseDirectory(for: dest))
+        try PluginFiles.makeDirectories(baseDirectory(for: dest))
 
         let started = monotonic()
         let (record, downloaded, bytes) = try cached(base: base) { () throws(PluginFailure) -> (JSONValue?, Int) in
@@ -378,16 +378,6 @@ final class GlanceImageFetcher: @unchecked Sendable {
         if dir >= 0 { fsync(dir); close(dir) }
     }
 
-    private func makeDirectories(_ path: String) throws(PluginFailure) {
-        var prefix = ""
-        for p in path.split(separator: "/") {
-            prefix += "/" + p
-            if mkdir(prefix, 0o755) != 0 && errno != EEXIST {
-                throw PluginFailure(CA_ERR_FAILED, "cannot create directory \(prefix): \(String(cString: strerror(errno)))")
-            }
-        }
-    }
-
     private func removeFile(_ path: String) throws(PluginFailure) {
         if unlink(path) != 0 && errno != ENOENT { throw PluginFailure(CA_ERR_FAILED, "cannot remove \(path)") }
     }
@@ -405,7 +395,6 @@ final class GlanceImageFetcher: @unchecked Sendable {
 final class Verifier {
     private let expected: (algorithm: String, hex: String, source: String)?
     private let digest: Digest
-    private let md5: Digest?
 
     init(expected requested: String?, record: JSONValue?) throws(PluginFailure) {
         if let r = record, let algo = r["os_hash_algo"]?.stringValue, let v = r["os_hash_value"]?.stringValue, !v.isEmpty {
@@ -422,7 +411,6 @@ final class Verifier {
         let algo = expected?.algorithm ?? "md5"
         guard let d = Digest(algo) else { throw PluginFailure(CA_ERR_INVALID_ARGUMENT, "unknown hash algorithm '\(algo)'") }
         digest = d
-        md5 = expected == nil ? nil : Digest("md5")
     }
 
     func update(_ chunk: UnsafeRawBufferPointer) {
@@ -442,7 +430,6 @@ final class Verifier {
                                     "checksum mismatch for \(what): md5 \(got), but Content-MD5 says \(m); the download was discarded")
             }
         }
-        _ = md5
     }
 }
 

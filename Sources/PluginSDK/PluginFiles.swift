@@ -7,6 +7,17 @@ import Glibc
 public enum PluginFiles {
     public static func exists(_ path: String) -> Bool { access(path, F_OK) == 0 }
 
+    /// Creates `path` and its missing parents (mode 0755), as `mkdir -p`.
+    public static func makeDirectories(_ path: String) throws(PluginFailure) {
+        var prefix = ""
+        for part in path.split(separator: "/") {
+            prefix += "/" + part
+            if mkdir(prefix, 0o755) != 0 && errno != EEXIST {
+                throw PluginFailure(CA_ERR_FAILED, "cannot create directory \(prefix): \(String(cString: strerror(errno)))")
+            }
+        }
+    }
+
     /// Copies `from` to `to` through `<to>.part`, then fsyncs and renames it into place, so
     /// a failed copy never leaves a half-written `to`. `inspect` sees every chunk and
     /// `verify` runs before the rename; either may throw to abandon the copy. Returns the
