@@ -167,6 +167,67 @@ final class GlanceImageFetcher: @unchecked Sendable {
         return (record, true, bytes)
     }
 
+    // MARK: - Snapshot upload
+
+    /// Stores a snapshot in Glance as nova does: the image record (disk_format qcow2,
+    /// `image_type = snapshot`, the instance's uuid and base image), then the data — the
+    /// instance's overlay flattened into a standalone qcow2 — streamed from the file. A
+    /// failed upload deletes the record it created, so no half image stays behind.
+    func upload(_ req: JSONValue) throws(PluginFailure) -> JSONValue {
+        guard let source = req["source_path"]?.stringValue, source.hasPrefix("/") else {
+            throw PluginFailure(CA_ERR_INVALID_ARGUMENT, "source_path must be an absolute path")
+        }
+        let name = req["image_name"]?.stringValue ?? "snapshot"
+        let standalone = source + ".standalone"
+        defer { unlink(standalone) }
+        try QemuImageInfo.run(["qemu-img", "convert", "-q", "-O", "qcow2", source, standalone], what: "qemu-img convert (flatten)")
+        var record: [String: JSONValue] = ["name": .string(name), "disk_format": "qcow2", "container_format": "bare",
+                                           "image_type": "snapshot"]
+        if let id = req["image_id"]?.stringValue, Self.isImageID(id), id.count == 36 { record["id"] = .string(id) }
+        if let u = req["instance_uuid"]?.stringValue { record["instance_uuid"] = .string(u) }
+        if let b = req["base_image_ref"]?.stringValue { record["base_image_ref"] = .string(b) }
+        var headers = ["Accept: application/json"]
+        if let token = req["auth_token"]?.stringValue, !token.isEmpty { headers.append("X-Auth-Token: \(token)") }
+        var lastError = PluginFailure(CA_ERR_UNAVAILABLE, "no image service configured")
+        for server in servers {
+            let created: HTTP.Response
+            do { created = try http.request("POST", "\(server)/v2/images", headers: headers, body: JSONValue.object(record).serialized()) } catch {
+                lastError = PluginFailure(CA_ERR_UNAVAILABLE, "the image service at \(server) is unreachable: \(error.message)")
+                continue
+            }
+            guard created.status == 201, let image = try? JSONValue.parse(created.body), let id = image["id"]?.stringValue else {
+                throw PluginFailure(CA_ERR_FAILED, "the image service refused the snapshot's record (\(created.status)): \(created.body.prefix(200))")
+            }
+            do {
+                let put = try http.putFile("\(server)/v2/images/\(id)/file", path: standalone, headers: headers)
+                guard put.status == 204 || put.status == 200 else {
+                    throw PluginFailure(CA_ERR_FAILED, "uploading the snapshot's data answered \(put.status)")
+                }
+            } catch let f as PluginFailure {
+                discard(id, server: server, headers: headers)
+                throw f
+            } catch {
+                discard(id, server: server, headers: headers)
+                throw PluginFailure(CA_ERR_UNAVAILABLE, "uploading the snapshot's data failed: \((error as? HTTP.Failure)?.message ?? "\(error)")")
+            }
+            let stored = try imageRecord(id, server: server, headers: headers)
+            host.log(CA_LOG_INFO, "snapshot \(name) uploaded to \(server) as image \(id)")
+            var out: [String: JSONValue] = ["image_ref": .string(id), "size": stored["size"] ?? .null]
+            if let algo = stored["os_hash_algo"]?.stringValue, let v = stored["os_hash_value"]?.stringValue { out["checksum"] = .string("\(algo):\(v)") }
+            return .object(out)
+        }
+        throw lastError
+    }
+
+    /// Deletes a record whose data could not be uploaded (best effort; logged).
+    private func discard(_ id: String, server: String, headers: [String]) {
+        if let r = try? http.request("DELETE", "\(server)/v2/images/\(id)", headers: headers), r.status == 204 {
+            host.log(CA_LOG_WARNING, "snapshot upload failed: deleted its image record \(id)")
+        } else {
+            host.log(CA_LOG_ERROR, "snapshot upload failed and its image record \(id) could not be deleted")
+        }
+    }
+
     // MARK: - Cache cleanup
 
     /// nova's image cache manager pass over `_base`: 40-hex names are originals,
@@ -485,7 +546,12 @@ nonisolated(unsafe) private let vtable: UnsafeMutablePointer<ca_image_fetch_vtab
                 return try f.fetch(PluginSDK.parse(json, what: "request"))
             }
         },
-        upload: nil,
+        upload: { state, json, out, err in
+            PluginSDK.runJSON(out, err) { () throws(PluginFailure) in
+                let f = Unmanaged<GlanceImageFetcher>.fromOpaque(state!).takeUnretainedValue()
+                return try f.upload(PluginSDK.parse(json, what: "request"))
+            }
+        },
         cleanup_cache: { state, json, out, err in
             PluginSDK.runJSON(out, err) { () throws(PluginFailure) in
                 let f = Unmanaged<GlanceImageFetcher>.fromOpaque(state!).takeUnretainedValue()

@@ -114,10 +114,13 @@ extension ComputeManager {
             await step(&op, "upload", task: .imageUploading)
             let uploaded: JSONValue
             do {
-                uploaded = try await plugins.imageFetcher.upload(.object([
+                var req: [String: JSONValue] = [
                     "source_path": .string(temp), "image_name": .string(name), "image_id": .string(imageID),
-                    "disk_format": snap["disk_format"] ?? "raw",
-                ]))
+                    "disk_format": snap["disk_format"] ?? "raw", "instance_uuid": .string(uuid),
+                ]
+                if let base = r.imageRef { req["base_image_ref"] = .string(base) }
+                if let token = authTokens[uuid] { req["auth_token"] = .string(token) }
+                uploaded = try await plugins.imageFetcher.upload(.object(req))
             } catch {
                 await removeFile(temp)
                 throw error

@@ -194,3 +194,28 @@ def test_cache_manager_removes_an_unused_base_past_its_age_and_keeps_the_one_in_
         assert c.call({}, "get_instance_info", instance_uuid=keep["uuid"])["vm_state"] == "active"
     finally:
         a.stop()
+
+
+def test_snapshot_round_trip_through_glance(tmp_path, glance, qcow2_image, transport):
+    """snapshot_instance flattens the overlay into a standalone qcow2, creates the Glance
+    record (image_type snapshot, instance_uuid, base_image_ref) and uploads it; a new
+    instance boots from the snapshot; the source instance stays active."""
+    image_id = upload(glance, qcow2_image)
+    a = glance_agent(tmp_path, glance).start()
+    try:
+        c = rpc_client(transport, a.host)
+        src = build(c, image_id)
+        snap = c.prepare(timeout=60).call({}, "snapshot_instance", instance_uuid=src["uuid"], image_name="snap-" + src["uuid"][:6])
+        snap_id = snap["image_ref"]
+        record = glance_request(glance, "GET", f"/v2/images/{snap_id}")
+        assert record["status"] == "active" and record["disk_format"] == "qcow2" and record["image_type"] == "snapshot"
+        assert record["instance_uuid"] == src["uuid"] and record["base_image_ref"] == image_id
+        assert snap["checksum"] == f"sha512:{record['os_hash_value']}"
+        stored = GLANCE_DIR / "images" / snap_id
+        info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(stored)], check=True,
+                                         capture_output=True, text=True).stdout)
+        assert info["format"] == "qcow2" and "backing-filename" not in info, "the snapshot must stand alone"
+        assert c.call({}, "get_instance_info", instance_uuid=src["uuid"])["vm_state"] == "active"
+        assert build(c, snap_id)["vm_state"] == "active"
+    finally:
+        a.stop()
