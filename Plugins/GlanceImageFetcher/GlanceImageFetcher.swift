@@ -118,6 +118,20 @@ final class GlanceImageFetcher: @unchecked Sendable {
             out["bytes"] = .int(Int64(bytes))
             out["rate_mb_s"] = .double(seconds > 0 ? ((Double(bytes) / 1_048_576 / seconds) * 10).rounded() / 10 : 0)
         }
+        // A three-part image: kernel and ramdisk are cached like any base and handed back
+        // for a direct kernel boot. A cached root's record is read again for them.
+        let rootRecord: JSONValue? = record ?? (Self.isURL(ref) ? nil : (try? imageRecordFromAny(ref, token: token)))
+        if let r = rootRecord {
+            for (key, path) in [("kernel_id", "kernel_path"), ("ramdisk_id", "ramdisk_path")] {
+                guard let part = r[key]?.stringValue, Self.isImageID(part) else { continue }
+                let partBase = baseDirectory(for: dest) + "/" + Digest.hex("sha1", of: part)
+                _ = try cached(base: partBase) { () throws(PluginFailure) -> (JSONValue?, Int) in
+                    try self.download(part, to: partBase, token: token, expectedChecksum: nil)
+                }
+                out[path] = .string(partBase)
+            }
+            if let cmd = r["os_command_line"]?.stringValue { out["kernel_cmdline"] = .string(cmd) }
+        }
         if let r = record {
             out["size"] = r["size"] ?? .null
             if let algo = r["os_hash_algo"]?.stringValue, let v = r["os_hash_value"]?.stringValue { out["checksum"] = .string("\(algo):\(v)") }
@@ -342,6 +356,20 @@ final class GlanceImageFetcher: @unchecked Sendable {
                 usleep(UInt32(min(2.0, 0.2 * Double(tries)) * 1_000_000))
             }
         }
+    }
+
+    /// The record from the first server that answers.
+    private func imageRecordFromAny(_ id: String, token: String?) throws(PluginFailure) -> JSONValue {
+        var headers = ["Accept: application/octet-stream"]
+        if let token, !token.isEmpty { headers.append("X-Auth-Token: \(token)") }
+        var last = PluginFailure(CA_ERR_UNAVAILABLE, "no image service configured")
+        for server in servers {
+            do throws(PluginFailure) { return try imageRecord(id, server: server, headers: headers) } catch {
+                last = error
+                if error.status != CA_ERR_UNAVAILABLE { throw error }
+            }
+        }
+        throw last
     }
 
     private func imageRecord(_ id: String, server: String, headers: [String]) throws(PluginFailure) -> JSONValue {

@@ -18,7 +18,14 @@ enum DomainXML {
         var x = "<domain type='\(esc(domainType))'>\n"
         x += "  <name>\(esc(name))</name>\n  <uuid>\(esc(uuid))</uuid>\n"
         x += "  <memory unit='MiB'>\(memory)</memory>\n  <vcpu>\(vcpus)</vcpu>\n"
-        x += "  <os><type arch='x86_64'>hvm</type><boot dev='hd'/></os>\n"
+        if let kernel = i["kernel_path"]?.stringValue, !rescue {
+            // A three-part image: libvirt boots the cached kernel and ramdisk directly.
+            x += "  <os><type arch='x86_64'>hvm</type><kernel>\(esc(kernel))</kernel>"
+            if let initrd = i["ramdisk_path"]?.stringValue { x += "<initrd>\(esc(initrd))</initrd>" }
+            x += "<cmdline>\(esc(i["kernel_cmdline"]?.stringValue ?? "root=/dev/vda console=tty0 console=ttyS0"))</cmdline></os>\n"
+        } else {
+            x += "  <os><type arch='x86_64'>hvm</type><boot dev='hd'/></os>\n"
+        }
         x += "  <features><acpi/></features>\n"
         x += "  <on_poweroff>destroy</on_poweroff><on_reboot>restart</on_reboot><on_crash>destroy</on_crash>\n"
         x += "  <devices>\n"

@@ -53,6 +53,9 @@ public struct InstanceRecord: Sendable, Equatable {
     /// False once a failed build released its claim: the record stays (ERROR, with the
     /// fault) but holds no resources.
     public var holdsResources = true
+    /// A three-part image's boot files (`kernel_path`, `ramdisk_path`, `kernel_cmdline`), as
+    /// the image plugin cached them: the hypervisor boots the kernel directly.
+    public var directBoot: [String: JSONValue] = [:]
 
     public var vcpus: Int { flavor.vcpus }
     public var memoryMB: Int { flavor.memoryMB }
@@ -80,7 +83,7 @@ public struct InstanceRecord: Sendable, Equatable {
             "uuid": .string(uuid), "name": .string(name), "vcpus": .int(Int64(vcpus)),
             "memory_mb": .int(Int64(memoryMB)), "root_gb": .int(Int64(rootGB)),
             "disk_path": .string(diskPath), "vifs": .array(vifs),
-        ])
+        ].merging(directBoot) { a, _ in a })
     }
 
     /// The instance as RPC callers see it.
@@ -109,6 +112,7 @@ public struct InstanceRecord: Sendable, Equatable {
             "locked": .bool(locked), "locked_by": opt(lockedBy), "project_id": opt(projectID), "user_id": opt(userID),
             "created_at": .string(createdAt), "launched_at": opt(launchedAt),
             "soft_deleted_at": softDeletedAt.map { .double($0) } ?? .null, "holds_resources": .bool(holdsResources),
+            "direct_boot": .object(directBoot),
         ])
     }
 
@@ -131,5 +135,6 @@ public struct InstanceRecord: Sendable, Equatable {
         launchedAt = j["launched_at"]?.stringValue
         softDeletedAt = j["soft_deleted_at"]?.doubleValue
         holdsResources = j["holds_resources"]?.boolValue ?? true
+        directBoot = j["direct_boot"]?.objectValue ?? [:]
     }
 }

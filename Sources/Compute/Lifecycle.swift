@@ -29,6 +29,7 @@ extension ComputeManager {
                 try await makeInstanceDirectory(uuid)
                 let fetched = try await plugins.imageFetcher.fetch(imageRequest(r, ref: ref, dest: r.diskPath, context: context))
                 logFetch(l, ref, fetched)
+                recordDirectBoot(&r, fetched)
             }
             Failpoints.hit("build.after_fetch")
             await step(&op, "plug")
@@ -292,6 +293,16 @@ extension ComputeManager {
         if checked, r.rootGB > 0 { req["max_bytes"] = .int(Int64(r.rootGB) << 30) }
         if let token = authTokens[r.uuid] ?? context["auth_token"]?.stringValue, !token.isEmpty { req["auth_token"] = .string(token) }
         return .object(req)
+    }
+
+    /// A three-part image (kernel_id/ramdisk_id): the plugin cached kernel and ramdisk; the
+    /// record keeps their paths (and the command line) for the hypervisor, journalled.
+    func recordDirectBoot(_ r: inout InstanceRecord, _ fetched: JSONValue) {
+        var boot: [String: JSONValue] = [:]
+        for k in ["kernel_path", "ramdisk_path", "kernel_cmdline"] { if let v = fetched[k], !v.isNull { boot[k] = v } }
+        guard boot != r.directBoot else { return }
+        r.directBoot = boot
+        instances[r.uuid] = r
     }
 
     /// One line per fetch with what the plugin measured (bytes, seconds, rate, cached).

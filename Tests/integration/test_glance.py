@@ -34,9 +34,9 @@ def glance_request(glance, method, path, body=None, headers=None):
         return json.loads(text) if text and r.headers.get("Content-Type", "").startswith("application/json") else text
 
 
-def upload(glance, data, disk_format="qcow2", upload_data=True, **props):
+def upload(glance, data, disk_format="qcow2", upload_data=True, container_format="bare", **props):
     image = glance_request(glance, "POST", "/v2/images", {"name": "img-" + uuid.uuid4().hex[:6], "disk_format": disk_format,
-                                                          "container_format": "bare", **props})
+                                                          "container_format": container_format, **props})
     if upload_data:
         glance_request(glance, "PUT", f"/v2/images/{image['id']}/file", data)
     return image["id"]
