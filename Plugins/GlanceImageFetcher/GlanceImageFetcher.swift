@@ -92,8 +92,9 @@ final class GlanceImageFetcher: @unchecked Sendable {
         try PluginFiles.makeDirectories(baseDirectory(for: dest))
 
         let started = monotonic()
+        let progress = Progress(host: host, uuid: req["instance_uuid"]?.stringValue)
         let (record, downloaded, bytes) = try cached(base: base) { () throws(PluginFailure) -> (JSONValue?, Int) in
-            try self.download(ref, to: base, token: token, expectedChecksum: req["checksum"]?.stringValue)
+            try self.download(ref, to: base, token: token, expectedChecksum: req["checksum"]?.stringValue, progress: progress)
         }
         let seconds = monotonic() - started
         let info = try QemuImageInfo.of(base)
@@ -313,7 +314,8 @@ final class GlanceImageFetcher: @unchecked Sendable {
 
     // MARK: - Download and verify
 
-    private func download(_ ref: String, to base: String, token: String?, expectedChecksum: String?) throws(PluginFailure) -> (JSONValue?, Int) {
+    private func download(_ ref: String, to base: String, token: String?, expectedChecksum: String?,
+                          progress: Progress? = nil) throws(PluginFailure) -> (JSONValue?, Int) {
         var headers = ["Accept: application/octet-stream"]
         if let token, !token.isEmpty { headers.append("X-Auth-Token: \(token)") }
         let part = base + ".part"
@@ -322,7 +324,8 @@ final class GlanceImageFetcher: @unchecked Sendable {
         var bytes = 0
         if Self.isURL(ref) {
             bytes = try attempt(what: ref) { () throws(PluginFailure) in
-                try self.stream(url: ref, to: part, headers: headers, verifier: try Verifier(expected: expectedChecksum, record: nil))
+                try self.stream(url: ref, to: part, headers: headers, verifier: try Verifier(expected: expectedChecksum, record: nil),
+                                progress: progress)
             }
         } else {
             bytes = try attempt(what: "image \(ref)") { () throws(PluginFailure) in
@@ -331,8 +334,9 @@ final class GlanceImageFetcher: @unchecked Sendable {
                     do throws(PluginFailure) {
                         let r = try self.imageRecord(ref, server: server, headers: headers)
                         record = r
+                        progress?.total = r["size"]?.intValue ?? 0
                         return try self.stream(url: "\(server)/v2/images/\(ref)/file", to: part, headers: headers,
-                                               verifier: try Verifier(expected: nil, record: r))
+                                               verifier: try Verifier(expected: nil, record: r), progress: progress)
                     } catch where error.status == CA_ERR_UNAVAILABLE {
                         lastError = error  // this server is down: the next one
                     }
@@ -396,7 +400,8 @@ final class GlanceImageFetcher: @unchecked Sendable {
 
     /// Streams `url` into `part` (created fresh), hashing as it goes, then checks length
     /// and digest and fsyncs. Nothing of the image is held in memory beyond one chunk.
-    private func stream(url: String, to part: String, headers: [String], verifier: Verifier) throws(PluginFailure) -> Int {
+    private func stream(url: String, to part: String, headers: [String], verifier: Verifier,
+                        progress: Progress? = nil) throws(PluginFailure) -> Int {
         let fd = open(part, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw PluginFailure(CA_ERR_FAILED, "cannot create \(part): \(String(cString: strerror(errno)))") }
         defer { close(fd) }
@@ -404,6 +409,7 @@ final class GlanceImageFetcher: @unchecked Sendable {
         do {
             response = try http.stream(url, headers: headers) { (chunk: UnsafeRawBufferPointer) throws(PluginFailure) in
                 verifier.update(chunk)
+                progress?.add(chunk.count)
                 var off = 0
                 while off < chunk.count {
                     let n = write(fd, chunk.baseAddress! + off, chunk.count - off)
@@ -475,6 +481,31 @@ final class GlanceImageFetcher: @unchecked Sendable {
         var ts = timespec()
         clock_gettime(CLOCK_MONOTONIC, &ts)
         return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+    }
+}
+
+/// Reports a download's progress to the agent as `progress` events (at most twice a
+/// second, and at the end), which `get_instance_info` turns into nova's `progress`.
+final class Progress {
+    let host: PluginHostAPI
+    let uuid: String?
+    var total = 0
+    private var bytes = 0
+    private var lastSent = 0.0
+
+    init(host: PluginHostAPI, uuid: String?) {
+        self.host = host
+        self.uuid = uuid
+    }
+
+    func add(_ n: Int) {
+        bytes += n
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        let now = Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+        guard let uuid, now - lastSent >= 0.5 || (total > 0 && bytes >= total) else { return }
+        lastSent = now
+        host.emit(.object(["event": "progress", "uuid": .string(uuid), "bytes": .int(Int64(bytes)), "total": .int(Int64(total))]))
     }
 }
 

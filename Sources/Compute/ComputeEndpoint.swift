@@ -112,7 +112,13 @@ extension ComputeManager {
         }
         // Read again: another action may have run while the hypervisor answered.
         guard let record = instances[uuid] else { throw ComputeError.notFound(uuid) }
-        return record.rpcJSON
+        guard let p = downloadProgress[uuid], record.vmState == .building, case .object(var o) = record.rpcJSON else {
+            return record.rpcJSON
+        }
+        // nova's `progress` (0-100) while the image downloads, with the figures.
+        if p.total > 0 { o["progress"] = .int(Int64(min(100, p.bytes * 100 / p.total))) }
+        o["image_download"] = .object(["bytes": .int(Int64(p.bytes)), "total": .int(Int64(p.total))])
+        return .object(o)
     }
 
     func listInstances() -> JSONValue {

@@ -80,6 +80,15 @@ public actor ComputeManager {
     public private(set) var journalProblem: String?
     /// The auth token of the request running for an instance (not journalled).
     var authTokens: [String: String] = [:]
+    /// How far the image download of a building instance has got (from plugin
+    /// `progress` events; in memory only, gone when the build ends).
+    var downloadProgress: [String: (bytes: Int, total: Int)] = [:]
+
+    /// A plugin's `{"event": "progress", "uuid", "bytes", "total"}` for a download.
+    public func recordProgress(uuid: String, _ event: JSONValue) {
+        guard instances[uuid]?.vmState == .building, let bytes = event["bytes"]?.intValue else { return }
+        downloadProgress[uuid] = (bytes, event["total"]?.intValue ?? 0)
+    }
     var journalFailures = 0
 
     public init(settings: Settings, plugins: PluginSet, store: InstanceStore, notifier: InstanceNotifier, logger: Logger) {

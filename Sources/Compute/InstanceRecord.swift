@@ -56,6 +56,8 @@ public struct InstanceRecord: Sendable, Equatable {
     /// A three-part image's boot files (`kernel_path`, `ramdisk_path`, `kernel_cmdline`), as
     /// the image plugin cached them: the hypervisor boots the kernel directly.
     public var directBoot: [String: JSONValue] = [:]
+    /// The last image fetch's figures (bytes, seconds, rate_mb_s, downloaded).
+    public var imageFetch: [String: JSONValue] = [:]
 
     public var vcpus: Int { flavor.vcpus }
     public var memoryMB: Int { flavor.memoryMB }
@@ -98,6 +100,7 @@ public struct InstanceRecord: Sendable, Equatable {
             "fault": fault.map { .string($0) } ?? .null,
             "locked": .bool(locked), "locked_by": lockedBy.map { .string($0) } ?? .null,
             "created_at": .string(createdAt), "launched_at": launchedAt.map { .string($0) } ?? .null,
+            "image_fetch": imageFetch.isEmpty ? .null : .object(imageFetch),
         ])
     }
 
@@ -112,7 +115,7 @@ public struct InstanceRecord: Sendable, Equatable {
             "locked": .bool(locked), "locked_by": opt(lockedBy), "project_id": opt(projectID), "user_id": opt(userID),
             "created_at": .string(createdAt), "launched_at": opt(launchedAt),
             "soft_deleted_at": softDeletedAt.map { .double($0) } ?? .null, "holds_resources": .bool(holdsResources),
-            "direct_boot": .object(directBoot),
+            "direct_boot": .object(directBoot), "image_fetch": .object(imageFetch),
         ])
     }
 
@@ -136,5 +139,6 @@ public struct InstanceRecord: Sendable, Equatable {
         softDeletedAt = j["soft_deleted_at"]?.doubleValue
         holdsResources = j["holds_resources"]?.boolValue ?? true
         directBoot = j["direct_boot"]?.objectValue ?? [:]
+        imageFetch = j["image_fetch"]?.objectValue ?? [:]
     }
 }

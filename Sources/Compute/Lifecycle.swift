@@ -29,8 +29,9 @@ extension ComputeManager {
                 try await makeInstanceDirectory(uuid)
                 let fetched = try await plugins.imageFetcher.fetch(imageRequest(r, ref: ref, dest: r.diskPath, context: context))
                 logFetch(l, ref, fetched)
-                recordDirectBoot(&r, fetched)
+                recordFetch(&r, fetched)
             }
+            downloadProgress[uuid] = nil
             Failpoints.hit("build.after_fetch")
             await step(&op, "plug")
             try await plugVIFs(&r, uuid: uuid)
@@ -292,16 +293,20 @@ extension ComputeManager {
         if checked, let c = r.imageChecksum { req["checksum"] = .string(c) }
         if checked, r.rootGB > 0 { req["max_bytes"] = .int(Int64(r.rootGB) << 30) }
         if let token = authTokens[r.uuid] ?? context["auth_token"]?.stringValue, !token.isEmpty { req["auth_token"] = .string(token) }
+        req["instance_uuid"] = .string(r.uuid)
         return .object(req)
     }
 
-    /// A three-part image (kernel_id/ramdisk_id): the plugin cached kernel and ramdisk; the
-    /// record keeps their paths (and the command line) for the hypervisor, journalled.
-    func recordDirectBoot(_ r: inout InstanceRecord, _ fetched: JSONValue) {
+    /// What a fetch gave the record (journalled with it): a three-part image's kernel and
+    /// ramdisk paths and command line for the hypervisor, and the download's figures
+    /// (bytes, seconds, rate, whether it came from the cache).
+    func recordFetch(_ r: inout InstanceRecord, _ fetched: JSONValue) {
         var boot: [String: JSONValue] = [:]
         for k in ["kernel_path", "ramdisk_path", "kernel_cmdline"] { if let v = fetched[k], !v.isNull { boot[k] = v } }
-        guard boot != r.directBoot else { return }
+        var stats: [String: JSONValue] = [:]
+        for k in ["bytes", "seconds", "rate_mb_s", "downloaded"] { if let v = fetched[k], !v.isNull { stats[k] = v } }
         r.directBoot = boot
+        r.imageFetch = stats
         instances[r.uuid] = r
     }
 

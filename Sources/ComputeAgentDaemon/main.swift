@@ -153,6 +153,8 @@ Task {
         logger.debug("plugin event", metadata: ["plugin": "\(plugin)", "event": "\(event.serialized())"])
         if event["event"]?.stringValue == "lifecycle", let uuid = event["uuid"]?.stringValue {
             await manager.handleLifecycleEvent(uuid: uuid)
+        } else if event["event"]?.stringValue == "progress", let uuid = event["uuid"]?.stringValue {
+            await manager.recordProgress(uuid: uuid, event)
         }
     }
 }

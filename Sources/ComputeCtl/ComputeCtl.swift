@@ -132,6 +132,11 @@ func stateLine(_ v: JSONValue) -> String {
     var s = "\(v["uuid"]?.stringValue ?? "?")  vm_state=\(v["vm_state"]?.stringValue ?? "?")  task_state=\(task)"
     s += "  power_state=\(v["power_state_name"]?.stringValue ?? "?")"
     if let f = v["fault"]?.stringValue { s += "  fault=\"\(f)\"" }
+    if let d = v["image_download"], let bytes = d["bytes"]?.intValue {
+        let total = d["total"]?.intValue ?? 0
+        s += total > 0 ? "  downloading image \(v["progress"]?.intValue ?? 0)% (\(bytes / 1_048_576) of \(total / 1_048_576) MiB)"
+                       : "  downloading image (\(bytes / 1_048_576) MiB)"
+    }
     return s
 }
 

@@ -219,3 +219,60 @@ def test_snapshot_round_trip_through_glance(tmp_path, glance, qcow2_image, trans
         assert build(c, snap_id)["vm_state"] == "active"
     finally:
         a.stop()
+
+
+def test_download_progress_is_visible_while_it_runs_and_its_figures_are_journalled(tmp_path, qcow2_image, transport):
+    """A slow image source (a real HTTP server that trickles the image over ~3 s): while the
+    build downloads, get_instance_info shows how far it got; afterwards the record keeps the
+    download's bytes, seconds and rate."""
+    import http.server
+    import socketserver
+
+    data = qcow2_image
+
+    class Slow(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("Content-MD5", hashlib.md5(data).hexdigest())
+            self.end_headers()
+            step = max(1, len(data) // 30)
+            for i in range(0, len(data), step):
+                self.wfile.write(data[i:i + step])
+                self.wfile.flush()
+                time.sleep(0.1)
+
+        def log_message(self, *args):
+            pass
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/image.qcow2"
+    a = glance_agent(tmp_path, "http://127.0.0.1:9")
+    a.start()
+    try:
+        c = rpc_client(transport, a.host)
+        u = str(uuid.uuid4())
+        c.cast({}, "build_and_run_instance", instance={"uuid": u, "name": "vm-slow", "vcpus": 1, "memory_mb": 64,
+                                                       "root_gb": 1, "image_ref": url})
+        seen = []
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                info = c.call({}, "get_instance_info", instance_uuid=u)
+            except Exception:
+                time.sleep(0.1)
+                continue
+            if info.get("image_download"):
+                seen.append(info["image_download"]["bytes"])
+            if info["vm_state"] != "building":
+                break
+            time.sleep(0.2)
+        assert info["vm_state"] == "active", info
+        assert seen and 0 < min(seen) < len(data), f"no progress seen while downloading: {seen}"
+        assert info["image_fetch"]["bytes"] == len(data) and info["image_fetch"]["downloaded"] is True
+        assert info["image_fetch"]["seconds"] > 1
+        assert "image_download" not in info
+    finally:
+        a.stop()
+        server.shutdown()
