@@ -16,3 +16,6 @@ gcc -O2 -Wall -shared -fPIC -o .build/bench/libcompute_hypervisor_memhv.so -ISou
     Tests/integration/plugins/memhv.c -lpthread
 export CA_BENCH_TOOL=$PWD/.build/bench/amqp_tool CA_BENCH_MEMHV=$PWD/.build/bench/libcompute_hypervisor_memhv.so
 python3 Benchmarks/bench.py
+echo "== images (glance plugin vs curl; cached second build)"
+bash scripts/glance.sh start
+python3 Benchmarks/images.py

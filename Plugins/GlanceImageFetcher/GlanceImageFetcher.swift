@@ -1,4 +1,5 @@
 import Dispatch
+import HTTPShim
 import PluginSDK
 import Synchronization
 
@@ -406,10 +407,18 @@ final class GlanceImageFetcher: @unchecked Sendable {
         guard fd >= 0 else { throw PluginFailure(CA_ERR_FAILED, "cannot create \(part): \(String(cString: strerror(errno)))") }
         defer { close(fd) }
         let response: HTTP.Response
+        var written = 0, flushedTo = 0
         do {
             response = try http.stream(url, headers: headers) { (chunk: UnsafeRawBufferPointer) throws(PluginFailure) in
                 verifier.update(chunk)
                 progress?.add(chunk.count)
+                written += chunk.count
+                // Start writing back every 16 MiB as it arrives, so the fsync at the end
+                // does not have the whole image to flush at once.
+                if written - flushedTo >= 16 << 20 {
+                    ca_start_writeback(fd, Int64(flushedTo), Int64(written - flushedTo))
+                    flushedTo = written
+                }
                 var off = 0
                 while off < chunk.count {
                     let n = write(fd, chunk.baseAddress! + off, chunk.count - off)

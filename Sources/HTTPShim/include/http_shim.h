@@ -54,6 +54,10 @@ int ca_http_json(const char *method, const char *url, const ca_http_options *opt
                  const char *body, const char *content_type, size_t max_bytes, char **out,
                  ca_http_result *result, char *err, size_t err_len);
 
+/* Starts writeback of [offset, offset+len) of a file being downloaded
+ * (sync_file_range SYNC_FILE_RANGE_WRITE), so the final fsync has little left to flush. */
+void ca_start_writeback(int fd, long long offset, long long len);
+
 #ifdef __cplusplus
 }
 #endif
