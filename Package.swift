@@ -24,6 +24,7 @@ let package = Package(
         .library(name: "compute_image_glance", type: .dynamic, targets: ["GlanceImageFetcher"]),
         .library(name: "compute_network_noop", type: .dynamic, targets: ["NoopNetwork"]),
         .library(name: "compute_network_linuxbridge", type: .dynamic, targets: ["LinuxBridgeNetwork"]),
+        .library(name: "compute_network_ovs", type: .dynamic, targets: ["OVSNetwork"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
@@ -92,6 +93,7 @@ let package = Package(
         .target(name: "NoopNetwork", dependencies: ["PluginABI"], path: "Plugins/NoopNetwork"),
         .target(name: "LinuxBridgeNetwork", dependencies: ["PluginSDK", "PluginABI", "NetlinkShim"],
                 path: "Plugins/LinuxBridgeNetwork"),
+        .target(name: "OVSNetwork", dependencies: ["PluginSDK", "PluginABI", "NetlinkShim"], path: "Plugins/OVSNetwork"),
 
         // Unit tests (the integration tests against real parts live in Tests/integration)
         .testTarget(name: "MessagingTests", dependencies: ["Messaging"]),

@@ -18,6 +18,7 @@ DEB_PACKAGES=(
   cpio syslinux syslinux-common mtools dosfstools fdisk xz-utils   # scripts/build-guest.sh
   libmnl-dev             # rtnetlink for the linuxbridge network plugin (no ip/brctl)
   dnsmasq-base           # DHCP on bridges the linuxbridge plugin serves
+  openvswitch-switch     # the ovs network plugin's tests (scripts/ovs.sh, no systemd)
   rabbitmq-server        # the broker tests and the demo run on loopback
   libvirt-daemon         # libvirtd, for the real-QEMU test where it can run
   libvirt-daemon-driver-qemu

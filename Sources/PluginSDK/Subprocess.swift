@@ -1,19 +1,18 @@
-import PluginSDK
 
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// Runs a helper program (qemu-img) without a shell and collects its standard output.
-/// Called on the agent's plugin-call threads, which may block.
-enum Subprocess {
-    struct Result {
-        var status: Int32
-        var output: String
-        var errorOutput: String
+/// Runs a helper program (qemu-img, ovs-vsctl) without a shell and collects its output.
+/// For plugin calls, which run on the agent's plugin-call threads and may block.
+public enum Subprocess {
+    public struct Result: Sendable {
+        public var status: Int32
+        public var output: String
+        public var errorOutput: String
     }
 
-    static func run(_ argv: [String]) throws(PluginFailure) -> Result {
+    public static func run(_ argv: [String]) throws(PluginFailure) -> Result {
         var outPipe: [Int32] = [0, 0], errPipe: [Int32] = [0, 0]
         guard pipe(&outPipe) == 0, pipe(&errPipe) == 0 else {
             throw PluginFailure(CA_ERR_FAILED, "pipe: \(String(cString: strerror(errno)))")
@@ -56,35 +55,10 @@ enum Subprocess {
     }
 }
 
-/// What `qemu-img info --output=json` says of a file.
-struct QemuImageInfo {
-    var format: String
-    var virtualSize: Int
-    var backingFile: String?
-    var dataFile: String?
-
-    static func of(_ path: String) throws(PluginFailure) -> QemuImageInfo {
-        // -U (force-share): a base a running domain holds must still be readable.
-        let r = try Subprocess.run(["qemu-img", "info", "-U", "--output=json", path])
-        guard r.status == 0 else {
-            throw PluginFailure(CA_ERR_INVALID_ARGUMENT, "qemu-img info \(path) failed: \(r.errorOutput.trimmingLines())")
-        }
-        guard let j = try? JSONValue.parse(r.output), let format = j["format"]?.stringValue,
-              let size = j["virtual-size"]?.intValue else {
-            throw PluginFailure(CA_ERR_FAILED, "qemu-img info \(path): unexpected output")
-        }
-        return QemuImageInfo(format: format, virtualSize: size, backingFile: j["backing-filename"]?.stringValue,
-                             dataFile: j["format-specific"]?["data"]?["data-file"]?.stringValue)
-    }
-
-    static func run(_ argv: [String], what: String) throws(PluginFailure) {
-        let r = try Subprocess.run(argv)
-        guard r.status == 0 else { throw PluginFailure(CA_ERR_FAILED, "\(what) failed: \(r.errorOutput.trimmingLines())") }
-    }
-}
 
 extension String {
-    func trimmingLines() -> String {
+    /// The text on one line (for error messages quoting a tool's output).
+    public func trimmingLines() -> String {
         split(whereSeparator: { $0 == "\n" || $0 == "\r" }).joined(separator: " ")
     }
 }
