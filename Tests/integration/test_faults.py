@@ -350,3 +350,28 @@ def test_journal_is_owner_only_and_a_readable_password_file_is_warned_about(tmp_
         assert "readable by every user" not in b.text()
     finally:
         b.stop()
+
+
+def test_status_reports_the_last_confirmed_heartbeat_while_the_broker_refuses_publishes(tmp_path):
+    """A memory alarm makes RabbitMQ block publishers: heartbeats are no longer confirmed, and
+    STATUS must say how long ago the last confirmed one was instead of reading fresh."""
+    import re
+    notify = NotifySocket(tmp_path / "notify.sock")
+    a = Agent(tmp_path)
+    try:
+        a.start(env={"NOTIFY_SOCKET": notify.path})
+        fresh = notify.collect(12, until=lambda f: "last heartbeat confirmed" in f.get("STATUS", ""))
+        assert fresh, notify.messages
+        subprocess.run(CTL + ["set_vm_memory_high_watermark", "0"], check=True, capture_output=True)
+        try:
+            stale = notify.collect(30, until=lambda f: (m := re.search(r"last heartbeat confirmed (\d+) s ago", f.get("STATUS", "")))
+                                   and int(m.group(1)) >= 8)
+            assert stale, [f.get("STATUS") for _, f in notify.messages[-5:]]
+        finally:
+            subprocess.run(CTL + ["set_vm_memory_high_watermark", "0.4"], check=True, capture_output=True)
+        again = notify.collect(40, until=lambda f: (m := re.search(r"last heartbeat confirmed (\d+) s ago", f.get("STATUS", "")))
+                               and int(m.group(1)) <= 2)
+        assert again, [f.get("STATUS") for _, f in notify.messages[-5:]]
+    finally:
+        a.stop()
+        notify.sock.close()
