@@ -19,3 +19,5 @@ python3 Benchmarks/bench.py
 echo "== images (glance plugin vs curl; cached second build)"
 bash scripts/glance.sh start
 python3 Benchmarks/images.py
+echo "== VIF plugs (linuxbridge plugin vs ip commands)"
+python3 Benchmarks/vifs.py
