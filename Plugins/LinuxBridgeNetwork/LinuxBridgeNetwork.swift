@@ -49,8 +49,10 @@ final class LinuxBridgeNetwork: @unchecked Sendable {
         stateDir = host.option("state_dir") ?? "/var/lib/compute-agent/linuxbridge"
         dnsmasq = host.option("dnsmasq") ?? "/usr/sbin/dnsmasq"
         if dhcp {
-            guard access(dnsmasq, X_OK) == 0 else {
-                throw PluginFailure(CA_ERR_UNAVAILABLE, "[linuxbridge] dhcp = true needs dnsmasq, but \(dnsmasq) cannot be run: \(String(cString: strerror(errno))) (install dnsmasq-base)")
+            // A missing dnsmasq is not fatal at start: instances without DHCP still plug,
+            // and each VIF that needs it gets a fault naming it (see `serve`).
+            if access(dnsmasq, X_OK) != 0 {
+                host.log(CA_LOG_WARNING, "[linuxbridge] dhcp = true needs dnsmasq, but \(dnsmasq) cannot be run: \(String(cString: strerror(errno))) (install dnsmasq-base); VIFs that need DHCP will fail to plug")
             }
             if mkdir(stateDir, 0o750) != 0 && errno != EEXIST {
                 throw PluginFailure(CA_ERR_FAILED, "cannot create \(stateDir): \(String(cString: strerror(errno)))")
@@ -107,8 +109,9 @@ final class LinuxBridgeNetwork: @unchecked Sendable {
         func check(_ rc: Int32, _ what: String) throws(PluginFailure) {
             if rc != 0 {
                 let why = String(cString: err)
-                let status = why.contains("Operation not permitted") ? CA_ERR_INVALID_STATE : CA_ERR_FAILED
-                throw PluginFailure(status, "plugging VIF \(vif.id) (\(what)): \(why)")
+                let denied = why.contains("Operation not permitted") || why.contains("Permission denied")
+                let hint = denied ? " (the agent needs CAP_NET_ADMIN to plug VIFs: run it as root or grant the capability)" : ""
+                throw PluginFailure(denied ? CA_ERR_INVALID_STATE : CA_ERR_FAILED, "plugging VIF \(vif.id) (\(what)): \(why)\(hint)")
             }
         }
         try check(ca_nl_bridge_ensure(vif.bridge, Int32(vif.mtu), Self.mark, &err, err.count), "bridge \(vif.bridge)")
@@ -180,6 +183,9 @@ final class LinuxBridgeNetwork: @unchecked Sendable {
         guard let ip = vif.fixedIP, let gw = vif.gatewayCIDR else {
             host.log(CA_LOG_WARNING, "VIF \(vif.id) has no fixed IPv4 address and gateway: no DHCP entry")
             return
+        }
+        guard access(dnsmasq, X_OK) == 0 else {
+            throw PluginFailure(CA_ERR_UNAVAILABLE, "plugging VIF \(vif.id): DHCP on bridge \(vif.bridge) needs dnsmasq, but \(dnsmasq) cannot be run: \(String(cString: strerror(errno))) (install dnsmasq-base, or set [linuxbridge] dhcp = false)")
         }
         var err = [CChar](repeating: 0, count: 512)
         if ca_nl_addr_add(vif.bridge, gw, &err, err.count) != 0 {

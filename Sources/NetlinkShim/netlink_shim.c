@@ -201,7 +201,12 @@ int ca_nl_vlan_ensure(const char *name, const char *parent, int vlan_id, const c
         if (rc < 0 && rc != -EEXIST) {
             char what[96];
             snprintf(what, sizeof what, "creating VLAN interface %s", name);
-            return fail(err, err_len, what, -rc);
+            fail(err, err_len, what, -rc);
+            if (rc == -EOPNOTSUPP) {
+                size_t used = strlen(err);
+                snprintf(err + used, err_len - used, " (this kernel has no 802.1Q VLAN support: load the 8021q module)");
+            }
+            return -1;
         }
     }
     return link_set(name, master, mtu, alias, err, err_len);

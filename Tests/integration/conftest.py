@@ -57,10 +57,12 @@ class Agent:
         self.log = self.tmp / "agent.log"
         self.proc = None
 
-    def start(self, wait_for="consuming", timeout=20, env=None):
+    def start(self, wait_for="consuming", timeout=20, env=None, prefix=()):
+        """Starts the agent (under `prefix`, e.g. a `setpriv` that drops capabilities) and
+        waits for `wait_for` in its log."""
         self.logf = open(self.log, "ab")
         self.mark = len(self.text())
-        self.proc = subprocess.Popen([str(AGENT), "--config-file", str(self.conf)], stdout=self.logf,
+        self.proc = subprocess.Popen([*prefix, str(AGENT), "--config-file", str(self.conf)], stdout=self.logf,
                                      stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
         deadline = time.time() + timeout
         while time.time() < deadline:
