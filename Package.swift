@@ -12,6 +12,7 @@ import PackageDescription
 //   AgentSupport   – configuration file parsing, logging, threads shared by the executables
 //   HTTPShim       – a small blocking HTTP client over libcurl for the image plugins
 //   NetlinkShim    – rtnetlink link/address operations over libmnl for the network plugins
+//   AgentMetrics   – Prometheus metrics (swift-prometheus), /metrics and /healthz responder
 let package = Package(
     name: "ComputeAgent",
     platforms: [.macOS(.v15)],
@@ -30,6 +31,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
     targets: [
         // System libraries and C glue
@@ -57,22 +60,27 @@ let package = Package(
             "JSON", "CSystemd",
             .product(name: "Logging", package: "swift-log"),
         ]),
+        .target(name: "AgentMetrics", dependencies: [
+            "AgentSupport",
+            .product(name: "Prometheus", package: "swift-prometheus"),
+            .product(name: "CoreMetrics", package: "swift-metrics"),
+        ]),
         .target(name: "Messaging", dependencies: [
-            "CRabbitMQ", "RabbitMQShim", "AgentSupport",
+            "CRabbitMQ", "RabbitMQShim", "AgentSupport", "AgentMetrics",
             .product(name: "Logging", package: "swift-log"),
         ]),
         .target(name: "PluginHost", dependencies: [
-            "PluginABI", "AgentSupport",
+            "PluginABI", "AgentSupport", "AgentMetrics",
             .product(name: "Logging", package: "swift-log"),
         ]),
         .target(name: "InstanceStore", dependencies: ["CSQLite", "AgentSupport"]),
         .target(name: "Compute", dependencies: [
-            "Messaging", "PluginHost", "AgentSupport", "InstanceStore",
+            "Messaging", "PluginHost", "AgentSupport", "InstanceStore", "AgentMetrics",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
         .executableTarget(name: "ComputeAgentDaemon", dependencies: [
-            "Compute", "Messaging", "PluginHost", "AgentSupport",
+            "Compute", "Messaging", "PluginHost", "AgentSupport", "AgentMetrics",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
@@ -99,6 +107,7 @@ let package = Package(
         .testTarget(name: "MessagingTests", dependencies: ["Messaging"]),
         .testTarget(name: "ComputeTests", dependencies: ["Compute", "PluginHost", "InstanceStore"]),
         .testTarget(name: "AgentSupportTests", dependencies: ["AgentSupport"]),
+        .testTarget(name: "AgentMetricsTests", dependencies: ["AgentMetrics"]),
     ],
     swiftLanguageModes: [.v6]
 )

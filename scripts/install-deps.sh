@@ -26,6 +26,7 @@ DEB_PACKAGES=(
   qemu-utils             # qemu-img: blank qcow2 disks for tests
   patchelf dpkg-dev      # packaging: the bundled Swift runtime's rpath, dpkg-deb
   iproute2 procps psmisc iputils-ping
+  prometheus             # promtool: the metrics tests validate the exposition with it
 )
 if [ "${SKIP_QEMU:-0}" != 1 ]; then
   DEB_PACKAGES+=(qemu-system-x86)

@@ -45,6 +45,9 @@ public struct AgentConfiguration: Sendable {
     /// Largest RPC message body taken in, and largest reply sent.
     public var rpcMaxMessageBytes: Int
     public var rpcMaxReplyBytes: Int
+    /// nova's `service_down_time`: a service whose last heartbeat is older is down; the
+    /// health check wants a confirmed heartbeat within half of it.
+    public var serviceDownTime: Double
     // [oslo_messaging_rabbit]
     public var heartbeatTimeoutThreshold: Int
     public var qosPrefetchCount: Int
@@ -67,6 +70,9 @@ public struct AgentConfiguration: Sendable {
     public var removeUnusedBaseImages: Bool
     public var removeUnusedOriginalMinimumAge: Int
     public var removeUnusedResizedMinimumAge: Int
+    // [metrics]
+    /// `host:port`, `[v6]:port` or `:port` for `/metrics` and `/healthz`; nil = no endpoint.
+    public var metricsListen: String?
 
     /// Options of each plugin's own section, by section name.
     public var pluginSections: [String: [String: String]]
@@ -91,13 +97,13 @@ public struct AgentConfiguration: Sendable {
             updateResourcesInterval: 60, syncPowerStateInterval: 600, reclaimInstanceInterval: 0,
             softRebootTimeout: 120, notificationDriver: "messagingv2", notificationTopic: "notifications",
             gracefulShutdownTimeout: 60, hostConflict: "refuse",
-            rpcMaxMessageBytes: 8 << 20, rpcMaxReplyBytes: 8 << 20,
+            rpcMaxMessageBytes: 8 << 20, rpcMaxReplyBytes: 8 << 20, serviceDownTime: 60,
             heartbeatTimeoutThreshold: 60, qosPrefetchCount: 64, quorumQueues: false,
             transientQueuesTTL: 1800, durableQueues: false,
             ssl: false, sslCAFile: nil, sslCertFile: nil, sslKeyFile: nil, sslVersion: "", sslVerifyHostname: true,
             retryInterval: 1, retryBackoff: 2, intervalMax: 30,
             imageCacheManagerInterval: 2400, removeUnusedBaseImages: true, removeUnusedOriginalMinimumAge: 86_400,
-            removeUnusedResizedMinimumAge: 3600,
+            removeUnusedResizedMinimumAge: 3600, metricsListen: nil,
             pluginSections: [:], sourceFile: "<defaults>", optionLines: [:])
     }
 
@@ -112,7 +118,7 @@ public struct AgentConfiguration: Sendable {
                     "reserved_host_disk_mb", "max_concurrent_builds", "update_resources_interval",
                     "sync_power_state_interval", "reclaim_instance_interval", "soft_reboot_timeout",
                     "notification_driver", "notification_topic", "graceful_shutdown_timeout",
-                    "host_conflict", "rpc_max_message_bytes", "rpc_max_reply_bytes"],
+                    "host_conflict", "rpc_max_message_bytes", "rpc_max_reply_bytes", "service_down_time"],
         "oslo_messaging_rabbit": ["heartbeat_timeout_threshold", "rabbit_qos_prefetch_count",
                                   "rabbit_quorum_queue", "rabbit_transient_queues_ttl",
                                   "amqp_durable_queues", "ssl", "ssl_ca_file", "ssl_cert_file", "ssl_key_file",
@@ -120,6 +126,7 @@ public struct AgentConfiguration: Sendable {
                                   "rabbit_retry_interval", "rabbit_retry_backoff", "rabbit_interval_max"],
         "image_cache": ["manager_interval", "remove_unused_base_images", "remove_unused_original_minimum_age_seconds",
                         "remove_unused_resized_minimum_age_seconds"],
+        "metrics": ["listen"],
     ]
 
     /// Reads and validates a configuration file.
@@ -168,6 +175,7 @@ public struct AgentConfiguration: Sendable {
         c.hostConflict = try reader.choice("DEFAULT", "host_conflict", c.hostConflict, ["refuse", "warn"])
         c.rpcMaxMessageBytes = try reader.int("DEFAULT", "rpc_max_message_bytes", c.rpcMaxMessageBytes, range: 4096...(512 << 20))
         c.rpcMaxReplyBytes = try reader.int("DEFAULT", "rpc_max_reply_bytes", c.rpcMaxReplyBytes, range: 4096...(512 << 20))
+        c.serviceDownTime = try reader.seconds("DEFAULT", "service_down_time", c.serviceDownTime)
 
         let r = "oslo_messaging_rabbit"
         c.heartbeatTimeoutThreshold = try reader.int(r, "heartbeat_timeout_threshold", c.heartbeatTimeoutThreshold, range: 0...3600)
@@ -199,6 +207,13 @@ public struct AgentConfiguration: Sendable {
                                                           c.removeUnusedOriginalMinimumAge, range: 0...(86_400 * 365))
         c.removeUnusedResizedMinimumAge = try reader.int(ic, "remove_unused_resized_minimum_age_seconds",
                                                          c.removeUnusedResizedMinimumAge, range: 0...(86_400 * 365))
+
+        if let e = reader.raw("metrics", "listen"), !e.value.isEmpty {
+            guard ListenAddress(e.value) != nil else {
+                throw reader.fail("metrics", "listen", e, "'\(e.value)' is not host:port, [ipv6]:port or :port (port 1 to 65535)")
+            }
+            c.metricsListen = e.value
+        }
 
         // Plugin sections are free-form; any other section is unknown.
         let pluginNames: Set<String> = [c.computeDriver, c.imageFetcher, c.networkPlugin]
@@ -267,6 +282,7 @@ public struct AgentConfiguration: Sendable {
             "notification_driver": notificationDriver, "notification_topic": notificationTopic,
             "graceful_shutdown_timeout": "\(gracefulShutdownTimeout)", "host_conflict": hostConflict,
             "rpc_max_message_bytes": "\(rpcMaxMessageBytes)", "rpc_max_reply_bytes": "\(rpcMaxReplyBytes)",
+            "service_down_time": "\(serviceDownTime)", "metrics.listen": metricsListen ?? "",
             "oslo_messaging_rabbit.heartbeat_timeout_threshold": "\(heartbeatTimeoutThreshold)",
             "oslo_messaging_rabbit.rabbit_qos_prefetch_count": "\(qosPrefetchCount)",
             "oslo_messaging_rabbit.rabbit_quorum_queue": "\(quorumQueues)",

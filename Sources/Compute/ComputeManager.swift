@@ -106,6 +106,18 @@ public actor ComputeManager {
     public nonisolated var uptime: Double { monotonicSeconds() - startedAt }
     public var instanceCount: Int { instances.count }
 
+    /// Instances by vm_state and by power_state name, and builds in progress (for the
+    /// metrics; every known state is present, 0 when none is in it).
+    public func stateCounts() -> (vmStates: [String: Int], powerStates: [String: Int], building: Int) {
+        var vm = Dictionary(uniqueKeysWithValues: VMState.allCases.map { ($0.rawValue, 0) })
+        var power = Dictionary(uniqueKeysWithValues: PowerState.allCases.map { ($0.name, 0) })
+        for r in instances.values {
+            vm[r.vmState.rawValue, default: 0] += 1
+            power[r.powerState.name, default: 0] += 1
+        }
+        return (vm, power, vm[VMState.building.rawValue] ?? 0)
+    }
+
     func log(_ uuid: String) -> Logger {
         var l = logger
         l[metadataKey: "instance_uuid"] = "\(uuid)"

@@ -15,7 +15,7 @@ public enum TaskState: String, Sendable, CaseIterable {
 }
 
 /// nova's power_state numbers (nova/compute/power_state.py), as plugins report them.
-public enum PowerState: Int, Sendable {
+public enum PowerState: Int, Sendable, CaseIterable {
     case noState = 0, running = 1, paused = 3, shutdown = 4, crashed = 6, suspended = 7
 
     public var name: String {

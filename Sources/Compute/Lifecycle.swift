@@ -1,3 +1,4 @@
+import AgentMetrics
 import AgentSupport
 import InstanceStore
 import Logging
@@ -312,6 +313,14 @@ extension ComputeManager {
 
     /// One line per fetch with what the plugin measured (bytes, seconds, rate, cached).
     func logFetch(_ l: Logger, _ ref: String, _ result: JSONValue) {
+        if let downloaded = result["downloaded"]?.boolValue {
+            AgentMetrics.shared.count(downloaded ? "compute_agent_image_cache_misses_total" : "compute_agent_image_cache_hits_total",
+                                      help: downloaded ? "Image fetches that had to download the image" : "Image fetches served from the image cache")
+            if downloaded, let bytes = result["bytes"]?.intValue {
+                AgentMetrics.shared.count("compute_agent_image_downloaded_bytes_total", by: Int64(bytes),
+                                          help: "Bytes of images downloaded by the image plugin")
+            }
+        }
         var meta: Logger.Metadata = ["image_ref": "\(ref)"]
         for k in ["bytes", "seconds", "rate_mb_s", "downloaded", "base_path"] {
             if let v = result[k], !v.isNull { meta[k] = "\(v.stringValue ?? v.serialized())" }

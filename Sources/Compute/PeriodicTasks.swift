@@ -1,3 +1,4 @@
+import AgentMetrics
 import AgentSupport
 import Logging
 import Messaging
@@ -116,7 +117,8 @@ public final class PeriodicTasks: Sendable {
             group.addTask {
                 await runPeriodically(
                     schedule: { PeriodicSchedule(interval: self.intervals.withLock { $0.capabilities }) },
-                    initialDelay: 1
+                    initialDelay: 1,
+                    record: { d in if self.intervals.withLock({ $0.reclaim }) > 0 { self.finished("reclaim_queued_deletes", d) } }
                 ) {
                     let after = self.intervals.withLock { $0.reclaim }
                     if after > 0 { await self.manager.reclaimQueuedDeletes(olderThan: after) }
@@ -140,8 +142,10 @@ public final class PeriodicTasks: Sendable {
         }
     }
 
-    /// One line per periodic run with its duration (debug), which the benchmarks read.
-    func finished(_ task: String, _ seconds: Double, level: Logger.Level = .debug) {
+    /// One line per periodic run with its duration (debug), which the benchmarks read, and
+    /// the run in the metrics (unless `metric` is false: a step, not a task).
+    func finished(_ task: String, _ seconds: Double, level: Logger.Level = .debug, metric: Bool = true) {
+        if metric { AgentMetrics.shared.periodicRun(task: task, seconds: seconds, endedAtUnix: wallClockSeconds()) }
         logger.log(level: level, "periodic task done", metadata: [
             "task": "\(task)", "duration_ms": "\((seconds * 10_000).rounded() / 10)",
         ])
@@ -159,11 +163,15 @@ public final class PeriodicTasks: Sendable {
             "report_count": .int(Int64(count)), "uptime": .int(Int64(uptime)),
             "disabled": false, "version": .string(ComputeManager.agentVersion),
         ])
+        let sending = monotonicSeconds()
         do {
             try await notifier.cast(topic: "conductor", method: "report_state", args: ["service": service])
             // The notifier's lane runs with publisher confirms: returning means the broker has it.
-            lastConfirmed.withLock { $0 = monotonicSeconds() }
+            let now = monotonicSeconds()
+            lastConfirmed.withLock { $0 = now }
+            AgentMetrics.shared.heartbeatConfirmed(sendSeconds: now - sending)
         } catch {
+            AgentMetrics.shared.periodicFailed(task: "report_state")
             logger.warning("report_state heartbeat not sent: \(error)")
         }
     }
@@ -172,11 +180,12 @@ public final class PeriodicTasks: Sendable {
         do {
             let started = monotonicSeconds()
             let caps = try await manager.capabilities()
-            finished("build_capabilities", monotonicSeconds() - started)
+            finished("build_capabilities", monotonicSeconds() - started, metric: false)
             try await notifier.fanoutCast(topic: "scheduler", method: "update_service_capabilities",
                                           args: ["service_name": "compute", "host": .string(host), "capabilities": caps])
             logger.debug("capabilities published", metadata: ["num_instances": "\(caps["num_instances"]?.intValue ?? 0)"])
         } catch {
+            AgentMetrics.shared.periodicFailed(task: "update_capabilities")
             logger.warning("capabilities not published: \(error)")
         }
     }

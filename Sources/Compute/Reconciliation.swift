@@ -1,3 +1,4 @@
+import AgentMetrics
 import AgentSupport
 import InstanceStore
 import Logging
@@ -82,6 +83,10 @@ extension ComputeManager {
         ])
         do {
             guard let result = try await plugins.imageFetcher.cleanupCache(req) else { return }
+            if let bytes = result["bytes"]?.intValue {
+                AgentMetrics.shared.set("compute_agent_image_cache_bytes", [], Double(bytes),
+                                        help: "Bytes in the image plugin's cache of base images (at its last pass)")
+            }
             let removed = result["removed"]?.arrayValue?.compactMap(\.stringValue) ?? []
             logger.log(level: removed.isEmpty ? .debug : .info, "image cache manager pass", metadata: [
                 "removed": "\(removed.isEmpty ? "-" : removed.joined(separator: ","))",
@@ -89,6 +94,7 @@ extension ComputeManager {
                 "bytes": "\(result["bytes"]?.intValue ?? 0)",
             ])
         } catch {
+            AgentMetrics.shared.periodicFailed(task: "image_cache_manager")
             logger.error("image cache manager pass failed: \(error)")
         }
     }
@@ -166,6 +172,7 @@ extension ComputeManager {
     public func syncPowerStates() async -> Int {
         let list: [JSONValue]
         do { list = try await plugins.hypervisor.listInstances().arrayValue ?? [] } catch {
+            AgentMetrics.shared.periodicFailed(task: "sync_power_states")
             logger.warning("sync_power_states: cannot list domains: \(error)")
             return 0
         }
@@ -333,6 +340,7 @@ extension ComputeManager {
         async let diskFigures = diskGB()
         let info: JSONValue
         do { info = try await hostInfo } catch {
+            AgentMetrics.shared.periodicFailed(task: "update_available_resource")
             logger.warning("resource audit: the hypervisor did not report its resources: \(error)")
             _ = try? await listing
             _ = await diskFigures
@@ -342,6 +350,7 @@ extension ComputeManager {
         // A plugin that answers with the wrong types must not turn into a host with zero
         // capacity: the audit is refused and the last good one (if any) stays.
         guard let vcpus = info["vcpus"]?.intValue, vcpus >= 0, let memoryMB = info["memory_mb"]?.intValue, memoryMB >= 0 else {
+            AgentMetrics.shared.periodicFailed(task: "update_available_resource")
             logger.error("resource audit: the hypervisor plugin reported unusable resources (vcpus and memory_mb must be non-negative integers): vcpus=\(info["vcpus"]?.serialized() ?? "missing") memory_mb=\(info["memory_mb"]?.serialized() ?? "missing")")
             _ = try? await listing
             return

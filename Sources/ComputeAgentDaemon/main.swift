@@ -1,9 +1,13 @@
+import AgentMetrics
 import AgentSupport
 import Compute
+import CoreMetrics
+import Dispatch
 import InstanceStore
 import Logging
 import Messaging
 import PluginHost
+import Prometheus
 import ServiceLifecycle
 import Synchronization
 
@@ -112,6 +116,15 @@ if let warning = ConfigFilePermissions.warning(path: configPath, transportURL: u
     logger.warning("\(warning)")
 }
 
+// Metrics record from here on when the endpoint is configured (a plugin loaded below
+// reports its calls). Libraries that use swift-metrics report into the same registry.
+let metrics = AgentMetrics.shared
+if config.metricsListen != nil {
+    metrics.enable()
+    MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: metrics.registry))
+    ProcessMetrics.register(with: metrics)
+}
+
 // Plugin events (libvirt lifecycle events) reach the manager through this stream once it exists.
 let (pluginEvents, pluginEventSink) = AsyncStream<(String, JSONValue)>.makeStream(bufferingPolicy: .bufferingNewest(10_000))
 let plugins: PluginSet
@@ -168,9 +181,11 @@ func connectionLogger(_ lane: String) -> @Sendable (AMQPWorker.Event) -> Void {
         switch event {
         case .connected(let broker, let generation):
             if lane == "rpc" { attempts.failed.store(0, ordering: .relaxed) }
+            metrics.brokerConnected(lane: lane, reconnect: generation > 1)
             logger.info(generation == 1 ? "connected to broker" : "reconnected to broker",
                         metadata: ["lane": "\(lane)", "broker": "\(broker)"])
         case .connectionFailed(let reason, let attempt, let retryIn):
+            metrics.brokerConnectionFailed(lane: lane)
             if lane == "rpc" {
                 attempts.failed.store(attempt, ordering: .relaxed)
                 SystemdNotifier.status("reconnecting to broker (attempt \(attempt + 1) in \(Int(retryIn * 10) / 10) s)")
@@ -273,6 +288,87 @@ struct PeriodicService: Service {
             }
         }
         await notifier.stop()
+    }
+}
+
+// /healthz and (when configured) /metrics over TCP, and both on a Unix socket in the state
+// path for `computectl health`. A port that cannot be had is logged; the agent goes on.
+let serviceDownTime = config.serviceDownTime
+let healthCheck: StatusServer.HealthCheck = {
+    HealthRule.evaluate(consuming: server.isConnected, secondsSinceConfirmedHeartbeat: periodic.secondsSinceConfirmedHeartbeat,
+                        serviceDownTime: serviceDownTime)
+}
+if metrics.isEnabled { registerAgentCollectors() }
+let healthSocket = config.statePath + "/health.sock"
+var statusServer: StatusServer?
+do {
+    statusServer = try StatusServer(tcp: config.metricsListen, unixPath: healthSocket, metrics: metrics, health: healthCheck)
+    if let listen = config.metricsListen { logger.info("serving /metrics and /healthz on \(listen)") }
+} catch {
+    logger.error("metrics: \(error); /metrics and /healthz are off over TCP, the agent goes on without them",
+                 metadata: ["option": "[metrics] listen"])
+    do { statusServer = try StatusServer(tcp: nil, unixPath: healthSocket, metrics: metrics, health: healthCheck) } catch {
+        logger.error("health socket: \(error); computectl health cannot ask this agent")
+    }
+}
+
+/// Gauges read at scrape time: broker lanes, unacknowledged deliveries, handler load, the
+/// heartbeat's age, instances by state (asked of the manager from the scraping thread,
+/// which may block: it is not on the cooperative pool), plugins and the agent's version.
+func registerAgentCollectors() {
+    let (metrics, server, notifier, periodic, manager) = (metrics, server, notifier, periodic, manager)
+    let rpcUp = metrics.gauge("compute_agent_broker_connected", [("lane", "rpc")],
+                            help: "1 while the lane's connection to the broker is up")
+    let notifyUp = metrics.gauge("compute_agent_broker_connected", [("lane", "notify")],
+                               help: "1 while the lane's connection to the broker is up")
+    for lane in ["rpc", "notify"] {
+        metrics.declareCounter("compute_agent_broker_reconnects_total", [("lane", lane)],
+                               help: "Connections made again after a connection was lost, by lane")
+    }
+    let unacked = metrics.gauge("compute_agent_rpc_unacked_messages", help: "Deliveries taken and not yet acknowledged to the broker")
+    let running = metrics.gauge("compute_agent_rpc_handlers_running", help: "RPC handlers running now")
+    let waiting = metrics.gauge("compute_agent_rpc_messages_waiting", help: "Messages waiting for a handler slot (prefetch)")
+    let age = metrics.gauge("compute_agent_heartbeat_age_seconds",
+                          help: "Seconds since the broker confirmed the last report_state heartbeat (since start if none yet)")
+    let building = metrics.gauge("compute_agent_builds_in_progress", help: "Instances being built now")
+    let vmGauges = Dictionary(uniqueKeysWithValues: VMState.allCases.map {
+        ($0.rawValue, metrics.gauge("compute_agent_instances", [("vm_state", $0.rawValue)], help: "Instances on this host by vm_state"))
+    })
+    let powerGauges = Dictionary(uniqueKeysWithValues: PowerState.allCases.map {
+        ($0.name, metrics.gauge("compute_agent_instances_by_power_state", [("power_state", $0.name)],
+                              help: "Instances on this host by power_state"))
+    })
+    metrics.gauge("compute_agent_build_info", [("version", ComputeManager.agentVersion), ("rpc_api", ComputeManager.apiVersion)],
+                help: "The agent's version and RPC API version (always 1)").set(1.0)
+    for info in plugins.infos {
+        metrics.gauge("compute_agent_plugin_info", [("kind", info.kind.rawValue), ("name", info.name), ("version", info.version)],
+                    help: "The loaded plugins (always 1)").set(1.0)
+    }
+    for task in ["report_state", "update_capabilities", "update_available_resource", "sync_power_states", "image_cache_manager"] {
+        metrics.declareCounter("compute_agent_periodic_task_failures_total", [("task", task)], help: "Periodic task runs that failed, by task")
+    }
+    let started = manager.uptime
+    metrics.addCollector {
+        rpcUp.set(server.isConnected ? 1.0 : 0.0)
+        notifyUp.set(notifier.isConnected ? 1.0 : 0.0)
+        unacked.set(Double(server.unacknowledged))
+        let load = server.load
+        running.set(Double(load.running))
+        waiting.set(Double(load.waiting))
+        age.set(periodic.secondsSinceConfirmedHeartbeat ?? (manager.uptime - started))
+        // The manager is an actor: ask it from here and wait at most 2 s (a busy manager
+        // leaves the last figures in place).
+        let box = Mutex<(vmStates: [String: Int], powerStates: [String: Int], building: Int)?>(nil)
+        let done = DispatchSemaphore(value: 0)
+        Task {
+            let counts = await manager.stateCounts()
+            box.withLock { $0 = counts }
+            done.signal()
+        }
+        guard done.wait(timeout: .now() + 2) == .success, let counts = box.withLock({ $0 }) else { return }
+        for (state, g) in vmGauges { g.set(Double(counts.vmStates[state] ?? 0)) }
+        for (state, g) in powerGauges { g.set(Double(counts.powerStates[state] ?? 0)) }
+        building.set(Double(counts.building))
     }
 }
 

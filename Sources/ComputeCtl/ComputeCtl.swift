@@ -16,7 +16,7 @@ struct ComputeCtl: AsyncParsableCommand {
         abstract: "Drive ComputeAgent hosts over RabbitMQ (oslo.messaging RPC).",
         subcommands: [Ping.self, Boot.self, List.self, Show.self, Action.self, Reboot.self, Terminate.self,
                       Console.self, Diagnostics.self, Resources.self, Capabilities.self, ListenCapabilities.self,
-                      BenchCalls.self])
+                      BenchCalls.self, Health.self])
 }
 
 struct Connection: ParsableArguments {
@@ -173,6 +173,76 @@ struct Ping: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Call ping on an agent.")
     @OptionGroup var conn: Connection
     func run() async throws { printJSON(try await conn.call("ping")) }
+}
+
+struct Health: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Ask the local agent whether it is healthy (exit 0) or not (exit 1), as /healthz answers.",
+        discussion: """
+            Healthy: consuming its queues, and the broker confirmed a heartbeat within \
+            service_down_time / 2. Asks the agent over <state_path>/health.sock (no HTTP \
+            endpoint or broker needed) and prints its one-line reason.
+            """)
+    @Option(help: "The agent's config file (for state_path).") var configFile: String = "/etc/compute-agent/compute-agent.conf"
+    @Option(help: "The agent's health socket (default: <state_path>/health.sock).") var socket: String?
+
+    func run() throws {
+        let path: String
+        if let socket { path = socket } else {
+            path = try AgentConfiguration.load(path: configFile).statePath + "/health.sock"
+        }
+        switch HealthProbe.ask(socketPath: path) {
+        case .answer(let healthy, let reason):
+            print(reason)
+            if !healthy { throw ExitCode(1) }
+        case .unreachable(let why):
+            print("unhealthy: the agent does not answer on \(path): \(why)")
+            throw ExitCode(1)
+        }
+    }
+}
+
+/// One `GET /healthz` over the agent's Unix socket, with a 5 s timeout.
+enum HealthProbe {
+    enum Result { case answer(healthy: Bool, reason: String), unreachable(String) }
+
+    static func ask(socketPath: String) -> Result {
+        var a = sockaddr_un()
+        a.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(socketPath.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: a.sun_path) else { return .unreachable("the path is too long") }
+        withUnsafeMutableBytes(of: &a.sun_path) { p in for (i, b) in bytes.enumerated() { p[i] = b } }
+        let fd = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return .unreachable(String(cString: strerror(errno))) }
+        defer { close(fd) }
+        var tv = timeval(tv_sec: 5, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        let rc = withUnsafePointer(to: &a) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard rc == 0 else { return .unreachable(String(cString: strerror(errno))) }
+        let request = Array("GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n".utf8)
+        guard request.withUnsafeBytes({ send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) == request.count else {
+            return .unreachable(String(cString: strerror(errno)))
+        }
+        var response: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 4096)
+        while response.count < 65536 {
+            let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if n < 0 { return .unreachable("no answer: \(String(cString: strerror(errno)))") }
+            if n == 0 { break }
+            response.append(contentsOf: buf[0..<n])
+        }
+        let end = Array("\r\n\r\n".utf8)
+        guard response.starts(with: Array("HTTP/1.1 ".utf8)),
+              let at = (0..<max(0, response.count - 3)).first(where: { Array(response[$0..<($0 + 4)]) == end })
+        else { return .unreachable("not an HTTP answer") }
+        let status = String(decoding: response[..<at], as: UTF8.self)
+        let body = String(decoding: response[(at + 4)...], as: UTF8.self)
+        let reason = body.hasSuffix("\n") ? String(body.dropLast()) : String(body)
+        return .answer(healthy: status.hasPrefix("HTTP/1.1 200"), reason: reason)
+    }
 }
 
 struct Boot: AsyncParsableCommand {

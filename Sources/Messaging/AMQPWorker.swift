@@ -106,6 +106,10 @@ public final class AMQPWorker: Sendable {
     private let onDelivery: @Sendable (AMQPDelivery) -> Void
     private let onEvent: @Sendable (Event) -> Void
     private let state = Mutex(State())
+    private let unsettled = Atomic<Int>(0)
+
+    /// Deliveries of the current connection not yet acknowledged or rejected.
+    public var unacknowledged: Int { unsettled.load(ordering: .relaxed) }
     private let wakeRead: Int32
     private let wakeWrite: Int32
 
@@ -353,6 +357,7 @@ public final class AMQPWorker: Sendable {
     private func serve(_ conn: AMQPConnection, generation: UInt64) throws(AMQPError) {
         var acks = AckCoalescer()
         var acked: [UInt64] = []
+        unsettled.store(0, ordering: .relaxed)
         while true {
             loopTick.withLock { $0 = monotonicSeconds() }
             drainWakePipe()
@@ -386,6 +391,7 @@ public final class AMQPWorker: Sendable {
                 for tag in frames.singles { try? conn.ack(tag) }
                 if !conn.isHealthy { throw conn.lastError ?? AMQPError("connection lost") }
             }
+            unsettled.store(acks.outstanding.count, ordering: .relaxed)
             if stopping { return }
             if !conn.hasBufferedInput {
                 var fds = [pollfd(fd: conn.socketFD, events: Int16(POLLIN), revents: 0),
@@ -402,6 +408,7 @@ public final class AMQPWorker: Sendable {
                 switch try conn.readNonBlocking(generation: generation) {
                 case .delivery(let d):
                     acks.delivered(d.deliveryTag)
+                    unsettled.store(acks.outstanding.count, ordering: .relaxed)
                     onDelivery(d)
                 case .returned(let key, let text): onEvent(.returned(routingKey: key, replyText: text))
                 case .nothing: break

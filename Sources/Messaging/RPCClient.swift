@@ -101,6 +101,9 @@ public final class RPCClient: Sendable {
 
     public func stop() async { await worker.stop() }
 
+    /// Whether the client's connection is up.
+    public var isConnected: Bool { worker.isConnected }
+
     /// Casts `method` to `topic` (or `topic.server`); nothing comes back.
     public func cast(topic: String, server: String? = nil, method: String, args: [String: JSONValue],
                      version: String? = nil, context: [String: JSONValue] = [:]) async throws(AMQPError)

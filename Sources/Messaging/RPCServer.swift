@@ -1,3 +1,4 @@
+import AgentMetrics
 import AgentSupport
 import Logging
 import Synchronization
@@ -167,6 +168,10 @@ public final class RPCServer: Sendable {
 
     public var isConnected: Bool { worker.isConnected }
 
+    /// Deliveries taken from the broker and not yet acknowledged (calls are acked at
+    /// once; casts after their durable record).
+    public var unacknowledged: Int { worker.unacknowledged }
+
     /// Returns once connected and consuming, or when the server stops or the task is cancelled.
     public func waitUntilConnected() async { await worker.waitUntilConnected() }
 
@@ -310,6 +315,8 @@ public final class RPCServer: Sendable {
 
     private func process(_ delivery: AMQPDelivery, _ parsed: Result<RPCRequest, MalformedMessage>) async {
         let started = monotonicSeconds()
+        let metrics = AgentMetrics.shared
+        if delivery.redelivered { metrics.rpcRedelivered() }
         let request: RPCRequest
         switch parsed {
         case .success(let r): request = r
@@ -322,6 +329,7 @@ public final class RPCServer: Sendable {
                 logger.error("refused \(error.tooLarge ? "oversized" : "malformed") call: \(error.reason)",
                              metadata: ["routing_key": "\(delivery.routingKey)", "bytes": "\(delivery.body.count)"])
                 worker.ack(delivery)
+                metrics.rpcMessage(method: "unknown", kind: "call", outcome: .malformed, seconds: nil)
                 let failure = RemoteFailure(className: error.tooLarge ? "MessageTooLarge" : "MalformedMessage",
                                             module: "compute_agent.exception", message: error.reason)
                 sendReply(OsloMessage.replyBody(result: .null, failure: failure, ending: true, messageID: address.messageID),
@@ -332,6 +340,7 @@ public final class RPCServer: Sendable {
             logger.error("dropped malformed message: \(error.reason)",
                          metadata: ["routing_key": "\(delivery.routingKey)", "bytes": "\(delivery.body.count)"])
             worker.ack(delivery)
+            metrics.rpcMessage(method: "unknown", kind: "cast", outcome: .malformed, seconds: nil)
             return
         }
         if let q = request.replyQueue, let problem = Self.replyQueueProblem(q) {
@@ -340,11 +349,13 @@ public final class RPCServer: Sendable {
             logger.error("dropped call: its _reply_q \(problem)",
                          metadata: ["method": "\(LogEscaping.escaped(request.method))", "routing_key": "\(delivery.routingKey)"])
             worker.ack(delivery)
+            metrics.rpcMessage(method: metricsMethod(request.method), kind: "call", outcome: .malformed, seconds: nil)
             return
         }
         if let id = request.uniqueID, !recentIDs.withLock({ $0.insert(id) }) {
             logger.warning("dropped duplicate message", metadata: ["unique_id": "\(id)", "method": "\(request.method)"])
             worker.ack(delivery)
+            metrics.rpcDuplicate()
             return
         }
         var meta: Logger.Metadata = ["method": "\(request.method)"]
@@ -403,8 +414,18 @@ public final class RPCServer: Sendable {
         } else {
             acknowledger.acknowledge()
         }
-        meta["duration_ms"] = "\(Self.millis(monotonicSeconds() - started))"
+        let seconds = monotonicSeconds() - started
+        meta["duration_ms"] = "\(Self.millis(seconds))"
         meta["kind"] = request.isCall ? "call" : "cast"
+        if metrics.isEnabled {
+            let result: AgentMetrics.RPCOutcome
+            switch outcome {
+            case .success: result = .ok
+            case .failure(let f): result = Self.refusalClasses.contains(f.className) ? .refused : .error
+            }
+            metrics.rpcMessage(method: metricsMethod(request.method), kind: request.isCall ? "call" : "cast",
+                               outcome: result, seconds: seconds)
+        }
         switch outcome {
         case .success:
             logger.log(level: endpoint.isReadOnly(method: request.method) ? .debug : .info, "rpc handled", metadata: meta)
@@ -413,6 +434,13 @@ public final class RPCServer: Sendable {
             logger.warning("rpc failed: \(f.message)", metadata: meta)
         }
     }
+
+    /// Failures that mean "not in this state", not "went wrong" (the metrics' `refused`).
+    static let refusalClasses: Set<String> = ["InstanceInvalidState", "InstanceIsLocked"]
+
+    /// The method as a metrics label: only the API's own names, so a caller cannot grow
+    /// the label set.
+    private func metricsMethod(_ method: String) -> String { endpoint.supports(method: method) ? method : "unknown" }
 
     /// Hands a reply to the connection thread without waiting for it (this task does not pay
     /// for the hop back). If it cannot be sent (the connection broke), the call's unique id

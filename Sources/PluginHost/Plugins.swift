@@ -1,3 +1,4 @@
+import AgentMetrics
 import AgentSupport
 import Logging
 import PluginABI
@@ -21,6 +22,7 @@ struct PluginCaller: Sendable {
         let handle = self.handle
         let timeout = timeout ?? self.timeout
         let outcome: (ca_status, String)
+        let started = monotonicSeconds()
         do {
             outcome = try await executor.run(timeout: timeout) {
                 var err = ca_error()
@@ -28,12 +30,20 @@ struct PluginCaller: Sendable {
                 return (s, s == CA_OK ? "" : errorText(&err))
             }
         } catch {
+            record(operation, since: started, timedOut: true)
             throw PluginError(code: .timedOut, plugin: info.name, operation: operation,
                               message: "no answer within \(timeout) s (plugin_call_timeout)")
         }
+        record(operation, since: started, failed: outcome.0 != CA_OK)
         if outcome.0 != CA_OK {
             throw PluginError.from(status: outcome.0, plugin: info.name, operation: operation, message: outcome.1)
         }
+    }
+
+    /// One call in the metrics (`operation` is one of the ABI's function names).
+    private func record(_ operation: String, since started: Double, timedOut: Bool = false, failed: Bool = false) {
+        AgentMetrics.shared.pluginCall(kind: info.kind.rawValue, function: operation, seconds: monotonicSeconds() - started,
+                                       timedOut: timedOut, failed: failed)
     }
 
     func callJSON(_ operation: String, _ body: @escaping JSONCall) async throws(PluginError) -> JSONValue {
@@ -42,6 +52,7 @@ struct PluginCaller: Sendable {
         // a large answer (a list of 10,000 domains) neither costs a copy nor occupies the
         // cooperative pool.
         let outcome: (ca_status, String, Result<JSONValue, JSONParseError>?)
+        let started = monotonicSeconds()
         do {
             outcome = try await executor.run(timeout: timeout) {
                 var err = ca_error()
@@ -58,9 +69,11 @@ struct PluginCaller: Sendable {
                 return (s, s == CA_OK ? "" : errorText(&err), parsed)
             }
         } catch {
+            record(operation, since: started, timedOut: true)
             throw PluginError(code: .timedOut, plugin: info.name, operation: operation,
                               message: "no answer within \(timeout) s (plugin_call_timeout)")
         }
+        record(operation, since: started, failed: outcome.0 != CA_OK)
         if outcome.0 != CA_OK {
             throw PluginError.from(status: outcome.0, plugin: info.name, operation: operation, message: outcome.1)
         }

@@ -141,3 +141,46 @@ def test_failover_between_two_nodes_loses_and_repeats_nothing(tmp_path, node, tr
         a.stop()
         first.cleanup()
         node.start_app()
+
+
+def test_healthz_is_503_while_the_broker_is_stopped_and_200_after_with_the_reconnects_counted(tmp_path, node):
+    """/healthz and `computectl health` follow the broker: 503 and exit 1 with the reason while
+    it is stopped, 200 and exit 0 once the agent consumes and a heartbeat is confirmed again;
+    the connection gauges and reconnect counters say what happened."""
+    from test_metrics import curl, free_port, health_ctl, samples, value
+    port = free_port()
+    url = f"rabbit://{RABBIT_USER}:{RABBIT_PASSWORD}@127.0.0.1:{node.port}/"
+    a = Agent(tmp_path, extra_default=f"transport_url = {url}\nservice_down_time = 6\n[metrics]\nlisten = 127.0.0.1:{port}").start()
+    base = f"http://127.0.0.1:{port}"
+
+    def wait_health(code, timeout=30):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            status, body = curl(base + "/healthz")
+            if status == code:
+                return body
+            time.sleep(0.2)
+        raise AssertionError(f"/healthz never answered {code}: {status} {body}")
+    try:
+        wait_health(200)
+        node.stop_app()
+        try:
+            body = wait_health(503)
+            assert body.startswith("not consuming: no RPC connection to the broker"), body
+            code, out = health_ctl(a)
+            assert code == 1 and out == body.strip(), out
+            s = samples(curl(base + "/metrics")[1])
+            assert value(s, 'compute_agent_broker_connected{lane="rpc"}') == 0
+            assert value(s, 'compute_agent_broker_connection_failures_total{lane="rpc"}') >= 1
+        finally:
+            node.start_app()
+        body = wait_health(200, timeout=60)
+        assert body.startswith("ok: consuming"), body
+        assert health_ctl(a)[0] == 0
+        s = samples(curl(base + "/metrics")[1])
+        assert value(s, 'compute_agent_broker_connected{lane="rpc"}') == 1
+        assert value(s, 'compute_agent_broker_reconnects_total{lane="rpc"}') == 1
+        assert value(s, 'compute_agent_broker_reconnects_total{lane="notify"}') == 1
+        assert value(s, "compute_agent_heartbeat_age_seconds") < 3
+    finally:
+        a.stop()
