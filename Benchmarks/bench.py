@@ -125,6 +125,12 @@ class Server:
         except OSError:
             return
 
+    def cpu_seconds(self):
+        """User + system CPU time the process has used so far."""
+        stat = pathlib.Path(f"/proc/{self.proc.pid}/stat").read_text()
+        f = stat[stat.rindex(")") + 2:].split()
+        return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
     def status(self):
         fields = {}
         for line in pathlib.Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
@@ -269,10 +275,11 @@ def concurrent_calls(host):
     return THREADS * CALLS_PER_THREAD / (time.perf_counter() - t0)
 
 
-def drain(kind):
+def drain(kind, extra=""):
     """20,000 ping casts queued while the server is down, then one call behind them; the
-    rate from consuming to that call's reply. Returns (per_s, rss after)."""
-    s = Server(kind)
+    rate from consuming to that call's reply. Returns (per_s, rss after). `extra` adds
+    agent config lines (the metrics benchmark turns the endpoint on with it)."""
+    s = Server(kind, extra=extra)
     key = f"compute.{s.host}"
     declare_queue(key)
     publish(key, DRAIN_N)
@@ -291,6 +298,7 @@ def drain(kind):
     s.proc = subprocess.Popen(s.argv(), stdout=open(s.log, "ab"), stderr=subprocess.STDOUT)
     wait_for_consumer(key, t0, s, timeout=60)
     started = time.perf_counter()
+    cpu0 = s.cpu_seconds()
     t.join(300)
     if "t" not in reply:
         raise RuntimeError(f"{kind}: the call behind the backlog got no reply")
@@ -298,8 +306,10 @@ def drain(kind):
     deadline = time.time() + 30
     while queue_state(key)[0] and time.time() < deadline:
         time.sleep(0.05)
-    time.sleep(0.5)
     mem = s.status()
+    mem["drain_cpu_s"] = s.cpu_seconds() - cpu0
+    time.sleep(0.5)
+    mem.update({k: v for k, v in s.status().items()})
     s.stop()
     return rate, mem
 

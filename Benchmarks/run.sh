@@ -21,3 +21,5 @@ bash scripts/glance.sh start
 python3 Benchmarks/images.py
 echo "== VIF plugs (linuxbridge plugin vs ip commands)"
 python3 Benchmarks/vifs.py
+echo "== metrics endpoint cost (drain and idle RSS with [metrics] listen on vs off)"
+python3 Benchmarks/metrics.py

@@ -82,14 +82,52 @@ public final class AgentMetrics: Sendable {
     /// action; `malformed`: not a request the agent could read or answer safely.
     public enum RPCOutcome: String, Sendable { case ok, refused, error, malformed }
 
+    /// The series of one method, looked up once and kept: the registry's own lookup
+    /// validates names and labels on every call, which costs more per message than the
+    /// rest of the bookkeeping together. Its counters are made together (call and cast ×
+    /// the four outcomes), so one dictionary lookup serves a message.
+    private struct MethodSeries {
+        let counters: [Counter]  // index: kind (0 call, 1 cast) × 4 + outcome
+        let histogram: ValueHistogram
+    }
+
+    private struct HotSeries {
+        var methods: [String: MethodSeries] = [:]
+        var pluginHistograms: [PluginKey: ValueHistogram] = [:]
+    }
+
+    private struct PluginKey: Hashable {
+        let kind: String
+        let function: String
+    }
+
+    private let hot = Mutex(HotSeries())
+    private static let outcomes: [RPCOutcome] = [.ok, .refused, .error, .malformed]
+
+    private func series(method: String) -> MethodSeries {
+        if let s = hot.withLock({ $0.methods[method] }) { return s }
+        let counterName = Self.descriptor("compute_agent_rpc_messages_total", "RPC messages handled, by method, call or cast, and outcome")
+        var counters: [Counter] = []
+        for kind in ["call", "cast"] {
+            for outcome in Self.outcomes {
+                counters.append(registry.makeCounter(descriptor: counterName,
+                                                     labels: [("method", method), ("kind", kind), ("outcome", outcome.rawValue)]))
+            }
+        }
+        let histogram = registry.makeValueHistogram(
+            descriptor: Self.descriptor("compute_agent_rpc_handling_seconds", "Time from taking an RPC message to its reply or acknowledgement"),
+            labels: [("method", method)], buckets: Self.secondsBuckets)
+        let made = MethodSeries(counters: counters, histogram: histogram)
+        hot.withLock { $0.methods[method] = made }
+        return made
+    }
+
     public func rpcMessage(method: String, kind: String, outcome: RPCOutcome, seconds: Double?) {
         guard isEnabled else { return }
-        count("compute_agent_rpc_messages_total", [("method", method), ("kind", kind), ("outcome", outcome.rawValue)],
-              help: "RPC messages handled, by method, call or cast, and outcome")
-        if let seconds {
-            observe("compute_agent_rpc_handling_seconds", [("method", method)], seconds: seconds,
-                    help: "Time from taking an RPC message to its reply or acknowledgement")
-        }
+        let s = series(method: method)
+        let index = (kind == "cast" ? 4 : 0) + Self.outcomes.firstIndex(of: outcome)!
+        s.counters[index].increment()
+        if let seconds { s.histogram.record(seconds) }
     }
 
     public func rpcRedelivered() {
@@ -140,8 +178,14 @@ public final class AgentMetrics: Sendable {
     public func pluginCall(kind: String, function: String, seconds: Double, timedOut: Bool, failed: Bool) {
         guard isEnabled else { return }
         let labels = [("kind", kind), ("function", function)]
-        observe("compute_agent_plugin_call_duration_seconds", labels, seconds: seconds,
-                help: "Duration of plugin calls, by plugin kind and function")
+        let key = PluginKey(kind: kind, function: function)
+        if let h = hot.withLock({ $0.pluginHistograms[key] }) { h.record(seconds) } else {
+            let h = registry.makeValueHistogram(
+                descriptor: Self.descriptor("compute_agent_plugin_call_duration_seconds", "Duration of plugin calls, by plugin kind and function"),
+                labels: labels, buckets: Self.secondsBuckets)
+            hot.withLock { $0.pluginHistograms[key] = h }
+            h.record(seconds)
+        }
         if timedOut {
             count("compute_agent_plugin_call_timeouts_total", labels,
                   help: "Plugin calls that did not answer within plugin_call_timeout")

@@ -162,3 +162,27 @@ def test_a_bad_listen_address_is_a_config_error_with_file_and_line(tmp_path, lis
     conf.write_text(f"[DEFAULT]\nhost = h\n[metrics]\nlisten = {listen}\n")
     p = subprocess.run([str(AGENT), "--config-file", str(conf)], capture_output=True, text=True, timeout=20)
     assert p.returncode == 2 and f"{conf}:4: [metrics] listen: '{listen}' is not host:port" in p.stderr, p.stderr
+
+
+def test_every_scraped_metric_is_documented_and_the_shipped_prometheus_files_pass_promtool(tmp_path):
+    from conftest import ROOT
+    port = free_port()
+    a = Agent(tmp_path, extra_default=f"[metrics]\nlisten = 127.0.0.1:{port}").start()
+    try:
+        time.sleep(1.2)
+        text = curl(f"http://127.0.0.1:{port}/metrics")[1]
+    finally:
+        a.stop()
+    docs = (ROOT / "docs" / "metrics.md").read_text()
+    names = {l.split()[2] for l in text.splitlines() if l.startswith("# TYPE ")}
+    assert len(names) > 20, names
+    assert not [n for n in names if f"`{n}`" not in docs and f"`{n}` /" not in docs and f"/ `{n}`" not in docs], \
+        [n for n in names if f"`{n}`" not in docs]
+    prom = ROOT / "packaging" / "prometheus"
+    for args in (["check", "rules", str(prom / "compute-agent-alerts.yml")], ["check", "config", str(prom / "scrape-config.yml")]):
+        p = subprocess.run(["promtool", *args], capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stdout + p.stderr
+    # The alert rules name only metrics the agent exports (or Prometheus' own `up`).
+    rules = (prom / "compute-agent-alerts.yml").read_text()
+    used = set(re.findall(r"\b((?:compute_agent|process)_[a-z_]+)", rules))
+    assert used and used <= names, used - names
