@@ -13,6 +13,8 @@ import PackageDescription
 //   HTTPShim       – a small blocking HTTP client over libcurl for the image plugins
 //   NetlinkShim    – rtnetlink link/address operations over libmnl for the network plugins
 //   AgentMetrics   – Prometheus metrics (swift-prometheus), /metrics and /healthz responder
+//   NativeControlPlane – the agent's own dialect behind Compute's ControlPlane seam
+//   NovaControlPlane   – nova 34's dialect (conductor objects, placement, compute RPC 6.x)
 let package = Package(
     name: "ComputeAgent",
     platforms: [.macOS(.v15)],
@@ -79,8 +81,14 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
+        // The control-plane dialects behind Compute's `ControlPlane` seam
+        .target(name: "NativeControlPlane", dependencies: ["Compute", "Messaging", "JSON"]),
+        .target(name: "NovaControlPlane", dependencies: [
+            "Compute", "Messaging", "JSON", "AgentSupport", "HTTPShim", "PluginHost",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         .executableTarget(name: "ComputeAgentDaemon", dependencies: [
-            "Compute", "Messaging", "PluginHost", "AgentSupport", "AgentMetrics",
+            "Compute", "Messaging", "PluginHost", "AgentSupport", "AgentMetrics", "NativeControlPlane", "NovaControlPlane",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),

@@ -73,6 +73,18 @@ public struct AgentConfiguration: Sendable {
     // [metrics]
     /// `host:port`, `[v6]:port` or `:port` for `/metrics` and `/healthz`; nil = no endpoint.
     public var metricsListen: String?
+    /// `native` (the agent's own RPC API) or `nova` (drop-in for nova-compute 34).
+    public var controlPlane: String = "native"
+    /// nova's `my_ip`: the host address the nova dialect reports (`ComputeNode.host_ip`).
+    public var myIP: String?
+    /// With `control_plane = nova`: the raw options of nova's sections the nova dialect
+    /// reads (`[placement]`, `[glance]`, `[neutron]`), by section.
+    public var novaSections: [String: [String: String]] = [:]
+    /// Options and sections the agent does not use, accepted because `control_plane = nova`
+    /// reads nova's own files (logged once at start, one line each).
+    public var warnings: [String] = []
+    /// The file each option came from when several were given (nil: `sourceFile`).
+    public var optionFiles: [String: String] = [:]
 
     /// Options of each plugin's own section, by section name.
     public var pluginSections: [String: [String: String]]
@@ -118,7 +130,8 @@ public struct AgentConfiguration: Sendable {
                     "reserved_host_disk_mb", "max_concurrent_builds", "update_resources_interval",
                     "sync_power_state_interval", "reclaim_instance_interval", "soft_reboot_timeout",
                     "notification_driver", "notification_topic", "graceful_shutdown_timeout",
-                    "host_conflict", "rpc_max_message_bytes", "rpc_max_reply_bytes", "service_down_time"],
+                    "host_conflict", "rpc_max_message_bytes", "rpc_max_reply_bytes", "service_down_time",
+                    "control_plane", "my_ip"],
         "oslo_messaging_rabbit": ["heartbeat_timeout_threshold", "rabbit_qos_prefetch_count",
                                   "rabbit_quorum_queue", "rabbit_transient_queues_ttl",
                                   "amqp_durable_queues", "ssl", "ssl_ca_file", "ssl_cert_file", "ssl_key_file",
@@ -131,12 +144,33 @@ public struct AgentConfiguration: Sendable {
 
     /// Reads and validates a configuration file.
     public static func load(path: String) throws(ConfigError) -> AgentConfiguration {
-        guard let text = readWholeFile(path) else {
-            throw ConfigError(file: path, line: nil, section: nil, option: nil,
-                              message: "cannot read the file: \(String(cString: strerror(errno)))")
-        }
-        return try parse(IniFile(path: path, text: text))
+        try load(paths: [path])
     }
+
+    /// Reads several files as oslo.config does with repeated `--config-file`: each later
+    /// file's options override the earlier ones (`--config-file /etc/nova/nova.conf
+    /// --config-file /etc/compute-agent/compute-agent.conf`). Errors name the file an
+    /// option came from.
+    public static func load(paths: [String]) throws(ConfigError) -> AgentConfiguration {
+        var merged: IniFile?
+        for path in paths {
+            guard let text = readWholeFile(path) else {
+                throw ConfigError(file: path, line: nil, section: nil, option: nil,
+                                  message: "cannot read the file: \(String(cString: strerror(errno)))")
+            }
+            let ini = try IniFile(path: path, text: text)
+            merged = merged.map { $0.overlaid(with: ini) } ?? ini
+        }
+        guard let merged else {
+            throw ConfigError(file: "-", line: nil, section: nil, option: nil, message: "no configuration file given")
+        }
+        var c = try parse(merged)
+        c.sourceFile = paths.last!
+        return c
+    }
+
+    /// The sections nova's own files have that the nova dialect reads.
+    public static let novaReadSections: Set<String> = ["placement", "glance", "neutron"]
 
     /// Validates an already parsed INI file.
     public static func parse(_ ini: IniFile) throws(ConfigError) -> AgentConfiguration {
@@ -144,6 +178,8 @@ public struct AgentConfiguration: Sendable {
         c.sourceFile = ini.path
         var reader = OptionReader(ini: ini)
 
+        c.controlPlane = try reader.choice("DEFAULT", "control_plane", c.controlPlane, ["native", "nova"])
+        let nova = c.controlPlane == "nova"
         c.host = try reader.hostName("DEFAULT", "host", c.host)
         c.transportURL = try reader.string("DEFAULT", "transport_url", c.transportURL, nonEmpty: true)
         c.controlExchange = try reader.string("DEFAULT", "control_exchange", c.controlExchange, nonEmpty: true)
@@ -151,7 +187,17 @@ public struct AgentConfiguration: Sendable {
         c.periodicInterval = try reader.seconds("DEFAULT", "periodic_interval", c.periodicInterval)
         c.statePath = try reader.path("DEFAULT", "state_path", c.statePath)
         c.pluginDir = try reader.path("DEFAULT", "plugin_dir", c.pluginDir)
-        c.computeDriver = try reader.pluginName("DEFAULT", "compute_driver", c.computeDriver)
+        if nova, let e = reader.raw("DEFAULT", "compute_driver"), e.value.contains(".") {
+            // nova's driver class (`libvirt.LibvirtDriver`): the plugin of that family.
+            let family = String(e.value.prefix { $0 != "." }).lowercased()
+            guard family == "libvirt" else {
+                throw reader.fail("DEFAULT", "compute_driver", e,
+                                  "nova's driver '\(e.value)' has no compute-agent plugin; set compute_driver to a plugin name in the agent's own file")
+            }
+            c.computeDriver = family
+        } else {
+            c.computeDriver = try reader.pluginName("DEFAULT", "compute_driver", c.computeDriver)
+        }
         c.imageFetcher = try reader.pluginName("DEFAULT", "image_fetcher", c.imageFetcher)
         c.networkPlugin = try reader.pluginName("DEFAULT", "network_plugin", c.networkPlugin)
         c.debug = try reader.bool("DEFAULT", "debug", c.debug)
@@ -159,6 +205,10 @@ public struct AgentConfiguration: Sendable {
         c.pluginThreads = try reader.int("DEFAULT", "plugin_threads", c.pluginThreads, range: 1...256)
         c.rpcResponseTimeout = try reader.seconds("DEFAULT", "rpc_response_timeout", c.rpcResponseTimeout)
 
+        if nova {
+            // nova's initial_*_allocation_ratio defaults, for options left unset.
+            (c.cpuAllocationRatio, c.ramAllocationRatio) = (4.0, 1.0)
+        }
         c.cpuAllocationRatio = try reader.ratio("DEFAULT", "cpu_allocation_ratio", c.cpuAllocationRatio)
         c.ramAllocationRatio = try reader.ratio("DEFAULT", "ram_allocation_ratio", c.ramAllocationRatio)
         c.diskAllocationRatio = try reader.ratio("DEFAULT", "disk_allocation_ratio", c.diskAllocationRatio)
@@ -176,6 +226,7 @@ public struct AgentConfiguration: Sendable {
         c.rpcMaxMessageBytes = try reader.int("DEFAULT", "rpc_max_message_bytes", c.rpcMaxMessageBytes, range: 4096...(512 << 20))
         c.rpcMaxReplyBytes = try reader.int("DEFAULT", "rpc_max_reply_bytes", c.rpcMaxReplyBytes, range: 4096...(512 << 20))
         c.serviceDownTime = try reader.seconds("DEFAULT", "service_down_time", c.serviceDownTime)
+        if let e = reader.raw("DEFAULT", "my_ip"), !e.value.isEmpty { c.myIP = e.value }
 
         let r = "oslo_messaging_rabbit"
         c.heartbeatTimeoutThreshold = try reader.int(r, "heartbeat_timeout_threshold", c.heartbeatTimeoutThreshold, range: 0...3600)
@@ -217,22 +268,36 @@ public struct AgentConfiguration: Sendable {
 
         // Plugin sections are free-form; any other section is unknown.
         let pluginNames: Set<String> = [c.computeDriver, c.imageFetcher, c.networkPlugin]
-        for (section, entries) in ini.sections {
+        // With control_plane = nova the agent reads nova's own files: what it does not use
+        // is named once in the log instead of refused.
+        for (section, entries) in ini.sections.sorted(by: { $0.key < $1.key }) {
             if let known = knownOptions[section] {
-                for (option, entry) in entries where !known.contains(option) {
-                    throw ConfigError(file: ini.path, line: entry.line, section: section, option: option,
-                                      message: "unknown option")
+                for (option, entry) in entries.sorted(by: { $0.key < $1.key }) where !known.contains(option) {
+                    let error = ConfigError(file: entry.file.isEmpty ? ini.path : entry.file, line: entry.line, section: section,
+                                            option: option, message: "unknown option")
+                    if nova { c.warnings.append("\(error.location): not used by compute-agent (control_plane = nova), ignored") } else { throw error }
                 }
             } else if pluginNames.contains(section) {
                 c.pluginSections[section] = entries.mapValues(\.value)
-                for (option, entry) in entries { c.optionLines["\(section).\(option)"] = entry.line }
+                for (option, entry) in entries {
+                    c.optionLines["\(section).\(option)"] = entry.line
+                    c.optionFiles["\(section).\(option)"] = entry.file
+                }
+            } else if nova && novaReadSections.contains(section) {
+                c.novaSections[section] = entries.mapValues(\.value)
+                for (option, entry) in entries {
+                    c.optionLines["\(section).\(option)"] = entry.line
+                    c.optionFiles["\(section).\(option)"] = entry.file
+                }
             } else {
-                throw ConfigError(
-                    file: ini.path, line: ini.sectionLines[section], section: section, option: nil,
-                    message: "unknown section (known: DEFAULT, oslo_messaging_rabbit, image_cache, and one per configured plugin: \(pluginNames.sorted().joined(separator: ", ")))")
+                let error = ConfigError(
+                    file: ini.sectionFiles[section] ?? ini.path, line: ini.sectionLines[section], section: section, option: nil,
+                    message: "unknown section (known: DEFAULT, oslo_messaging_rabbit, image_cache, metrics, and one per configured plugin: \(pluginNames.sorted().joined(separator: ", ")))")
+                if nova { c.warnings.append("\(error.location): section not used by compute-agent (control_plane = nova), ignored") } else { throw error }
             }
         }
         c.optionLines.merge(reader.lines) { a, _ in a }
+        c.optionFiles.merge(reader.files) { a, _ in a }
         return c
     }
 
@@ -306,7 +371,8 @@ public struct AgentConfiguration: Sendable {
     /// parsing, such as the transport URL's syntax or a plugin's refusal of its options).
     public func error(section: String, option: String?, _ message: String) -> ConfigError {
         let line = option.flatMap { optionLines["\(section).\($0)"] }
-        return ConfigError(file: sourceFile, line: line, section: section, option: option, message: message)
+        let file = option.flatMap { optionFiles["\(section).\($0)"] }.flatMap { $0.isEmpty ? nil : $0 } ?? sourceFile
+        return ConfigError(file: file, line: line, section: section, option: option, message: message)
     }
 
     public static func systemHostName() -> String {
@@ -321,15 +387,17 @@ public struct AgentConfiguration: Sendable {
 private struct OptionReader {
     let ini: IniFile
     var lines: [String: Int] = [:]
+    var files: [String: String] = [:]
 
     mutating func raw(_ section: String, _ option: String) -> IniFile.Entry? {
         guard let e = ini.sections[section]?[option] else { return nil }
         lines["\(section).\(option)"] = e.line
+        files["\(section).\(option)"] = e.file
         return e
     }
 
     func fail(_ section: String, _ option: String, _ e: IniFile.Entry, _ message: String) -> ConfigError {
-        ConfigError(file: ini.path, line: e.line, section: section, option: option, message: message)
+        ConfigError(file: e.file.isEmpty ? ini.path : e.file, line: e.line, section: section, option: option, message: message)
     }
 
     mutating func string(_ s: String, _ o: String, _ d: String, nonEmpty: Bool = false) throws(ConfigError) -> String {
@@ -471,7 +539,7 @@ extension AgentConfiguration {
     }
 }
 
-func readWholeFile(_ path: String) -> String? {
+public func readWholeFile(_ path: String) -> String? {
     guard let f = fopen(path, "rb") else { return nil }
     defer { fclose(f) }
     var data = [UInt8]()

@@ -15,6 +15,17 @@ public struct ConfigError: Error, CustomStringConvertible, Sendable, Equatable {
         self.message = message
     }
 
+    /// `file:line: [section] option`, without the message.
+    public var location: String {
+        var s = file
+        if let line { s += ":\(line)" }
+        if let section {
+            s += ": [\(section)]"
+            if let option { s += " \(option)" }
+        }
+        return s
+    }
+
     public var description: String {
         var s = file
         if let line { s += ":\(line)" }

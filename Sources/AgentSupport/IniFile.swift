@@ -4,6 +4,8 @@ public struct IniFile: Sendable {
     public struct Entry: Sendable, Equatable {
         public var value: String
         public var line: Int
+        /// The file the option came from (files given later override earlier ones).
+        public var file: String = ""
     }
 
     public let path: String
@@ -11,6 +13,8 @@ public struct IniFile: Sendable {
     public private(set) var sections: [String: [String: Entry]] = [:]
     /// The line of each section header, for errors about a whole section.
     public private(set) var sectionLines: [String: Int] = [:]
+    /// The file of each section header (the first file that has the section).
+    public private(set) var sectionFiles: [String: String] = [:]
 
     /// Parses `text`. `path` is used only in error messages.
     public init(path: String, text: String) throws(ConfigError) {
@@ -30,7 +34,7 @@ public struct IniFile: Sendable {
                 }
                 let name = String(line.dropFirst().dropLast()).trimmingWhitespace()
                 current = name
-                if sections[name] == nil { sections[name] = [:]; sectionLines[name] = lineNumber }
+                if sections[name] == nil { sections[name] = [:]; sectionLines[name] = lineNumber; sectionFiles[name] = path }
                 continue
             }
             guard let eq = line.firstIndex(where: { $0 == "=" || $0 == ":" }) else {
@@ -47,8 +51,23 @@ public struct IniFile: Sendable {
                 throw ConfigError(file: path, line: lineNumber, section: section, option: nil,
                                   message: "empty option name")
             }
-            sections[section, default: [:]][option] = Entry(value: value, line: lineNumber)
+            sections[section, default: [:]][option] = Entry(value: value, line: lineNumber, file: path)
         }
+    }
+
+    /// This file with `later`'s options laid over it, option by option, as oslo.config
+    /// reads `--config-file a --config-file b`: an option set in both takes `b`'s value.
+    public func overlaid(with later: IniFile) -> IniFile {
+        var merged = self
+        for (section, entries) in later.sections {
+            if merged.sections[section] == nil {
+                merged.sections[section] = [:]
+                merged.sectionLines[section] = later.sectionLines[section]
+                merged.sectionFiles[section] = later.sectionFiles[section]
+            }
+            for (option, entry) in entries { merged.sections[section]![option] = entry }
+        }
+        return merged
     }
 }
 

@@ -1,6 +1,5 @@
 import AgentSupport
 import Logging
-import Messaging
 import Synchronization
 
 /// Sends nova's legacy instance notifications (`compute.instance.<event>.start|end|error`)
@@ -43,14 +42,14 @@ public final class InstanceNotifier: Sendable {
         }
     }
 
-    /// Publishes queued notifications through `client` until cancelled; a failed publish
-    /// is logged and the next one tried (the client reconnects by itself).
-    public func run(client: RPCClient) async {
+    /// Publishes queued notifications through `plane` until cancelled; a failed publish
+    /// is logged and the next one tried (the connection reconnects by itself).
+    public func run(plane: ControlPlane) async {
         guard driver == .messagingv2 else { return }
         for await n in stream {
             if Task.isCancelled { break }
             do {
-                try await client.notify(topic: topic, priority: n.priority, eventType: n.eventType,
+                try await plane.notify(topic: topic, priority: n.priority, eventType: n.eventType,
                                         publisherID: publisherID, payload: n.payload, context: n.context)
             } catch {
                 logger.warning("notification \(n.eventType) not sent: \(error)")

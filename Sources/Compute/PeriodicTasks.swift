@@ -1,17 +1,14 @@
 import AgentMetrics
 import AgentSupport
 import Logging
-import Messaging
 import Synchronization
 
 /// The agent's periodic tasks:
 ///
-/// - `report_state` every `report_interval`: a heartbeat cast
-///   `report_state(service={host, binary, topic, report_count, uptime, disabled, version})`
-///   to the `conductor` topic;
-/// - `update_capabilities` right after start-up and every `periodic_interval`: a fanout
-///   cast `update_service_capabilities(service_name="compute", host, capabilities)` to
-///   the `scheduler` topic (exchange `scheduler_fanout`).
+/// - `report_state` every `report_interval`: a heartbeat through the control plane
+///   (native: a `report_state` cast to `conductor`; nova: `Service.save`);
+/// - `update_capabilities` right after start-up and every `periodic_interval`: the host's
+///   capabilities through the control plane (native: the scheduler fanout).
 ///
 /// - `update_available_resource` every `update_resources_interval`: the resource audit;
 /// - `sync_power_states` every `sync_power_state_interval`: one hypervisor list call and
@@ -19,7 +16,7 @@ import Synchronization
 /// - `reclaim_queued_deletes` every `periodic_interval` when `reclaim_instance_interval`
 ///   is set: terminates instances soft-deleted longer ago than that.
 ///
-/// They publish through their own AMQP connection (`notifier`), so they never queue
+/// They publish through the control plane's own AMQP connection, so they never queue
 /// behind RPC traffic, and each runs on its own deadline schedule.
 public final class PeriodicTasks: Sendable {
     public struct Intervals: Sendable {
@@ -44,15 +41,15 @@ public final class PeriodicTasks: Sendable {
     }
 
     let manager: ComputeManager
-    let notifier: RPCClient
+    let controlPlane: ControlPlane
     let host: String
     let logger: Logger
     let intervals: Mutex<Intervals>
     let reportCount = Mutex(0)
 
-    public init(manager: ComputeManager, notifier: RPCClient, host: String, intervals: Intervals, logger: Logger) {
+    public init(manager: ComputeManager, controlPlane: ControlPlane, host: String, intervals: Intervals, logger: Logger) {
         self.manager = manager
-        self.notifier = notifier
+        self.controlPlane = controlPlane
         self.host = host
         self.intervals = Mutex(intervals)
         self.logger = logger
@@ -157,16 +154,11 @@ public final class PeriodicTasks: Sendable {
             c += 1
             return c
         }
-        let uptime = manager.uptime
-        let service: JSONValue = .object([
-            "host": .string(host), "binary": "compute-agent", "topic": "compute",
-            "report_count": .int(Int64(count)), "uptime": .int(Int64(uptime)),
-            "disabled": false, "version": .string(ComputeManager.agentVersion),
-        ])
         let sending = monotonicSeconds()
         do {
-            try await notifier.cast(topic: "conductor", method: "report_state", args: ["service": service])
-            // The notifier's lane runs with publisher confirms: returning means the broker has it.
+            // Returning means the control plane has it (the broker confirmed it, or the
+            // conductor saved it).
+            try await controlPlane.heartbeat(count: count, uptime: manager.uptime)
             let now = monotonicSeconds()
             lastConfirmed.withLock { $0 = now }
             AgentMetrics.shared.heartbeatConfirmed(sendSeconds: now - sending)
@@ -181,8 +173,7 @@ public final class PeriodicTasks: Sendable {
             let started = monotonicSeconds()
             let caps = try await manager.capabilities()
             finished("build_capabilities", monotonicSeconds() - started, metric: false)
-            try await notifier.fanoutCast(topic: "scheduler", method: "update_service_capabilities",
-                                          args: ["service_name": "compute", "host": .string(host), "capabilities": caps])
+            try await controlPlane.publishCapabilities(caps)
             logger.debug("capabilities published", metadata: ["num_instances": "\(caps["num_instances"]?.intValue ?? 0)"])
         } catch {
             AgentMetrics.shared.periodicFailed(task: "update_capabilities")

@@ -105,14 +105,14 @@ nonisolated(unsafe) private var installedSignalSources: [DispatchSourceSignal] =
 /// shutdown that outlasts `graceful_shutdown_timeout` ends the process.
 final class SignalHandling: Sendable {
     private let terminations = Mutex(0)
-    private let configPath: String
+    private let configPaths: [String]
     private let current: Mutex<AgentConfiguration>
     private let forceDebug: Bool
     private let periodic: PeriodicTasks
     private let logger: Logger
 
-    init(configPath: String, config: AgentConfiguration, forceDebug: Bool, periodic: PeriodicTasks, logger: Logger) {
-        self.configPath = configPath
+    init(configPaths: [String], config: AgentConfiguration, forceDebug: Bool, periodic: PeriodicTasks, logger: Logger) {
+        self.configPaths = configPaths
         self.current = Mutex(config)
         self.forceDebug = forceDebug
         self.periodic = periodic
@@ -158,9 +158,9 @@ final class SignalHandling: Sendable {
     /// a restart. A file that does not parse changes nothing.
     private func reload() {
         SystemdNotifier.reloading()
-        logger.notice("SIGHUP: reloading \(configPath)")
+        logger.notice("SIGHUP: reloading \(configPaths.joined(separator: ", "))")
         let new: AgentConfiguration
-        do { new = try AgentConfiguration.load(path: configPath) } catch {
+        do { new = try AgentConfiguration.load(paths: configPaths) } catch {
             logger.error("reload refused, the running configuration stays: \(error)")
             SystemdNotifier.ready(status: "reload refused: \(error)")
             return

@@ -6,6 +6,8 @@ import Dispatch
 import InstanceStore
 import Logging
 import Messaging
+import NativeControlPlane
+import NovaControlPlane
 import PluginHost
 import Prometheus
 import ServiceLifecycle
@@ -23,11 +25,13 @@ import Glibc
 /// 2 usage or configuration error.
 
 let usage = """
-    usage: compute-agent --config-file FILE [--debug] [--log-target auto|journald|stderr]
+    usage: compute-agent --config-file FILE [--config-file FILE …] [--debug] [--log-target auto|journald|stderr]
            compute-agent --version
 
     Consumes compute RPC messages from RabbitMQ and manages this host's instances
-    through hypervisor, image-fetch and network plugins. See docs/operations.md.
+    through hypervisor, image-fetch and network plugins. With several --config-file,
+    later files override earlier ones (nova's nova.conf first, then the agent's own file).
+    See docs/operations.md.
     """
 
 func fail(_ code: Int32, _ message: String) -> Never {
@@ -51,7 +55,7 @@ if let sym = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "mallopt") {
     _ = unsafeBitCast(sym, to: MallOpt.self)(-8, 2)
 }
 
-var configPath: String?
+var configPaths: [String] = []
 var forceDebug = false
 var logTarget = "auto"
 var argv = CommandLine.arguments.dropFirst()
@@ -59,7 +63,7 @@ while let a = argv.popFirst() {
     switch a {
     case "--config-file":
         guard let p = argv.popFirst() else { fail(2, "--config-file needs a path\n\(usage)") }
-        configPath = p
+        configPaths.append(p)
     case "--debug": forceDebug = true
     case "--log-target":
         guard let t = argv.popFirst(), ["auto", "journald", "stderr"].contains(t) else {
@@ -71,10 +75,11 @@ while let a = argv.popFirst() {
     default: fail(2, "unknown argument '\(a)'\n\(usage)")
     }
 }
-guard let configPath else { fail(2, "--config-file is required\n\(usage)") }
+guard !configPaths.isEmpty else { fail(2, "--config-file is required\n\(usage)") }
+let configPath = configPaths.joined(separator: ", ")
 
 let config: AgentConfiguration
-do { config = try AgentConfiguration.load(path: configPath) } catch { fail(2, "configuration error: \(error)") }
+do { config = try AgentConfiguration.load(paths: configPaths) } catch { fail(2, "configuration error: \(error)") }
 
 LiveLogLevel.current = (config.debug || forceDebug) ? .debug : .info
 // Under systemd (its journal on our standard error) log natively to journald, with fields.
@@ -112,9 +117,13 @@ do { try StateLock.acquire(statePath: config.statePath) } catch {
 }
 
 // The file holds the broker password: others must not read it.
-if let warning = ConfigFilePermissions.warning(path: configPath, transportURL: url) {
-    logger.warning("\(warning)")
+for path in configPaths {
+    if let warning = ConfigFilePermissions.warning(path: path, transportURL: url) {
+        logger.warning("\(warning)")
+    }
 }
+// control_plane = nova reads nova's own files: what the agent does not use is named once.
+for warning in config.warnings { logger.warning("\(warning)") }
 
 // Metrics record from here on when the endpoint is configured (a plugin loaded below
 // reports its calls). Libraries that use swift-metrics report into the same registry.
@@ -208,26 +217,52 @@ func connectionLogger(_ lane: String) -> @Sendable (AMQPWorker.Event) -> Void {
 
 let connectionSettings = AMQPWorker.ConnectionSettings(configuration: config)
 
-var serverOptions = RPCServer.Options(url: url, exchange: config.controlExchange, topic: "compute", host: config.host)
-serverOptions.prefetch = config.qosPrefetchCount
-serverOptions.connection = connectionSettings
-serverOptions.durableQueues = config.durableQueues
-serverOptions.quorumQueues = config.quorumQueues
-serverOptions.transientQueuesTTL = config.transientQueuesTTL
-serverOptions.hostConflict = HostConflictPolicy(rawValue: config.hostConflict) ?? .refuse
-serverOptions.maxMessageBytes = config.rpcMaxMessageBytes
-serverOptions.maxReplyBytes = config.rpcMaxReplyBytes
-let server = RPCServer(options: serverOptions, endpoint: manager, logger: logger, onConnectionEvent: connectionLogger("rpc"))
-
-var notifierOptions = RPCClient.Options(url: url, exchange: config.controlExchange, acceptsReplies: false,
+// The control plane's lane: heartbeats, capabilities, notifications (and in the nova
+// dialect the conductor's calls and their replies), with publisher confirms.
+let novaDialect = config.controlPlane == "nova"
+var notifierOptions = RPCClient.Options(url: url, exchange: config.controlExchange, acceptsReplies: novaDialect,
                                         connectionName: "compute-agent:notify:\(config.host)", threadName: "amqp-notify")
 notifierOptions.connection = connectionSettings
 notifierOptions.durableQueues = config.durableQueues
 notifierOptions.quorumQueues = config.quorumQueues
 notifierOptions.confirmPublishes = true
 let notifier = RPCClient(options: notifierOptions, onConnectionEvent: connectionLogger("notify"))
+
+// The dialect: what the agent tells the control plane, and the RPC API it serves.
+let controlPlane: ControlPlane
+let endpoint: RPCEndpoint
+var topics = ["compute"]
+if novaDialect {
+    let nova: NovaControlPlane
+    do { nova = try NovaControlPlane(configuration: config, client: notifier, manager: manager, logger: logger) } catch {
+        fail(2, "configuration error: \(error)")
+    }
+    controlPlane = nova
+    endpoint = NovaComputeEndpoint(plane: nova, manager: manager, host: config.host, logger: logger)
+    // Service version 74 makes the control plane send shutdown-safe calls to compute-alt.
+    topics.append("compute-alt")
+} else {
+    controlPlane = NativeControlPlane(client: notifier, host: config.host)
+    endpoint = manager
+}
+
+func rpcServer(topic: String) -> RPCServer {
+    var o = RPCServer.Options(url: url, exchange: config.controlExchange, topic: topic, host: config.host)
+    o.prefetch = config.qosPrefetchCount
+    o.connection = connectionSettings
+    o.durableQueues = config.durableQueues
+    o.quorumQueues = config.quorumQueues
+    o.transientQueuesTTL = config.transientQueuesTTL
+    o.hostConflict = HostConflictPolicy(rawValue: config.hostConflict) ?? .refuse
+    o.maxMessageBytes = config.rpcMaxMessageBytes
+    o.maxReplyBytes = config.rpcMaxReplyBytes
+    return RPCServer(options: o, endpoint: endpoint, logger: logger,
+                     onConnectionEvent: connectionLogger(topic == "compute" ? "rpc" : topic))
+}
+let server = rpcServer(topic: "compute")
+let altServers = topics.dropFirst().map { rpcServer(topic: $0) }
 let periodic = PeriodicTasks(
-    manager: manager, notifier: notifier, host: config.host,
+    manager: manager, controlPlane: controlPlane, host: config.host,
     intervals: .init(report: config.reportInterval, capabilities: config.periodicInterval,
                      resources: config.updateResourcesInterval, powerSync: config.syncPowerStateInterval,
                      reclaim: config.reclaimInstanceInterval,
@@ -250,6 +285,8 @@ struct RPCService: Service {
     let logger: Logger
     let url: TransportURL
     let host: String
+    /// The `compute` server tells systemd the agent is ready; `compute-alt` only logs.
+    var primary = true
 
     func run() async throws {
         logger.info("connecting to \(url)")
@@ -259,11 +296,12 @@ struct RPCService: Service {
                 group.addTask {
                     await server.waitUntilConnected()
                     guard server.isConnected else { return }
-                    logger.info("consuming", metadata: [
-                        "queues": "compute, compute.\(host), \(server.fanoutQueue)", "exchange": "\(server.options.exchange)",
+                    let topic = server.options.topic
+                    logger.info(primary ? "consuming" : "consuming \(topic)", metadata: [
+                        "queues": "\(topic), \(topic).\(host), \(server.fanoutQueue)", "exchange": "\(server.options.exchange)",
                     ])
                     // Plugins are loaded and the records recovered before this service starts.
-                    SystemdNotifier.ready(status: "connected to \(url), consuming compute.\(host)")
+                    if primary { SystemdNotifier.ready(status: "connected to \(url), consuming compute.\(host)") }
                 }
             }
         }
@@ -275,19 +313,19 @@ struct RPCService: Service {
 /// own connection. A shutdown while it is still connecting ends it at once.
 struct PeriodicService: Service {
     let periodic: PeriodicTasks
-    let notifier: RPCClient
+    let controlPlane: ControlPlane
     let instanceNotifier: InstanceNotifier
 
     func run() async throws {
         await cancelWhenGracefulShutdown {
-            await notifier.start()
+            await controlPlane.start()
             if Task.isCancelled { return }
             await withTaskGroup(of: Void.self) { group in
                 group.addTask { await periodic.run() }
-                group.addTask { await instanceNotifier.run(client: notifier) }
+                group.addTask { await instanceNotifier.run(plane: controlPlane) }
             }
         }
-        await notifier.stop()
+        await controlPlane.stop()
     }
 }
 
@@ -316,7 +354,7 @@ do {
 /// heartbeat's age, instances by state (asked of the manager from the scraping thread,
 /// which may block: it is not on the cooperative pool), plugins and the agent's version.
 func registerAgentCollectors() {
-    let (metrics, server, notifier, periodic, manager) = (metrics, server, notifier, periodic, manager)
+    let (metrics, server, controlPlane, periodic, manager) = (metrics, server, controlPlane, periodic, manager)
     let rpcUp = metrics.gauge("compute_agent_broker_connected", [("lane", "rpc")],
                             help: "1 while the lane's connection to the broker is up")
     let notifyUp = metrics.gauge("compute_agent_broker_connected", [("lane", "notify")],
@@ -350,7 +388,7 @@ func registerAgentCollectors() {
     let started = manager.uptime
     metrics.addCollector {
         rpcUp.set(server.isConnected ? 1.0 : 0.0)
-        notifyUp.set(notifier.isConnected ? 1.0 : 0.0)
+        notifyUp.set(controlPlane.isConnected ? 1.0 : 0.0)
         unacked.set(Double(server.unacknowledged))
         let load = server.load
         running.set(Double(load.running))
@@ -377,14 +415,14 @@ logger.info("compute-agent starting", metadata: [
     "plugins": "\(plugins.infos.map { "\($0.kind.rawValue)=\($0.name) \($0.version)" }.joined(separator: ", "))",
 ])
 
-let signals = SignalHandling(configPath: configPath, config: config, forceDebug: forceDebug, periodic: periodic,
+let signals = SignalHandling(configPaths: configPaths, config: config, forceDebug: forceDebug, periodic: periodic,
                              logger: logger)
 signals.install()
 
 let group = ServiceGroup(configuration: .init(
-    services: [
+    services: altServers.map { .init(service: RPCService(server: $0, logger: logger, url: url, host: config.host, primary: false)) } + [
         .init(service: RPCService(server: server, logger: logger, url: url, host: config.host)),
-        .init(service: PeriodicService(periodic: periodic, notifier: notifier, instanceNotifier: instanceNotifier)),
+        .init(service: PeriodicService(periodic: periodic, controlPlane: controlPlane, instanceNotifier: instanceNotifier)),
         .init(service: SystemdService(server: server, attempts: brokerAttempts, periodic: periodic, manager: manager, url: url, logger: logger)),
     ],
     gracefulShutdownSignals: [.sigterm, .sigint],

@@ -1,0 +1,285 @@
+import AgentSupport
+import Compute
+import JSON
+import Logging
+import Messaging
+
+/// nova's compute RPC API 6.x (target version 6.5) on `compute.<host>` and
+/// `compute-alt.<host>`: each life-cycle cast is run by the compute manager (through the
+/// native API, so the journal, the state table and the plugins are the same) and reported
+/// the way nova-compute reports it: `InstanceActionEvent` start/finish, `Instance.save`
+/// with the expected task states, `InstanceFault.create` and ERROR on failure, the
+/// placement allocation deleted on delete and on a failed build, `Instance.destroy`.
+/// Every conductor call made for a message carries that message's request context.
+public final class NovaComputeEndpoint: RPCEndpoint {
+    public static let apiVersionServed = "6.5"
+
+    static let lifecycle: [String: String] = [
+        "stop_instance": "stop_instance", "start_instance": "start_instance", "reboot_instance": "reboot_instance",
+        "pause_instance": "pause_instance", "unpause_instance": "unpause_instance",
+        "suspend_instance": "suspend_instance", "resume_instance": "resume_instance",
+    ]
+    static let methods: Set<String> = Set(lifecycle.keys).union(["build_and_run_instance", "terminate_instance",
+                                                                 "get_host_uptime", "get_console_output"])
+
+    let plane: NovaControlPlane
+    let manager: ComputeManager
+    let host: String
+    let logger: Logger
+
+    public init(plane: NovaControlPlane, manager: ComputeManager, host: String, logger: Logger) {
+        self.plane = plane
+        self.manager = manager
+        self.host = host
+        self.logger = logger
+    }
+
+    public var apiVersion: String { Self.apiVersionServed }
+    public func supports(method: String) -> Bool { Self.methods.contains(method) }
+    public func isReadOnly(method: String) -> Bool { method == "get_host_uptime" || method == "get_console_output" }
+
+    /// Messages for one instance run one at a time, in delivery order.
+    public func orderingKey(for request: RPCRequest) -> String? {
+        NovaObject(primitive: request.args["instance"] ?? .null)?["uuid"]?.stringValue
+    }
+
+    var conductor: Conductor { plane.conductor }
+
+    public func handle(_ request: RPCRequest, delivery: DeliveryAcknowledger) async throws -> JSONValue {
+        switch request.method {
+        case "get_host_uptime": return .string(hostUptime())
+        case "get_console_output":
+            let uuid = try instanceObject(request).uuid
+            var args: [String: JSONValue] = ["instance_uuid": .string(uuid)]
+            if let t = request.args["tail_length"] { args["tail_length"] = t }
+            return try await native("get_console_output", args, request)
+        case "build_and_run_instance": return try await build(request)
+        case "terminate_instance": return try await terminate(request)
+        default: return try await action(request)
+        }
+    }
+
+    // MARK: - Pieces
+
+    struct Target {
+        var object: NovaObject
+        var uuid: String
+    }
+
+    func instanceObject(_ request: RPCRequest) throws -> Target {
+        guard let o = NovaObject(primitive: request.args["instance"] ?? .null), o.name == "Instance",
+              let uuid = o["uuid"]?.stringValue
+        else { throw RemoteFailure(className: "InvalidInput", module: "nova.exception", message: "'instance' is not an Instance object") }
+        guard o.version.hasPrefix("2.") else {
+            throw RemoteFailure(className: "IncompatibleObjectVersion", module: "oslo_versionedobjects.exception",
+                                message: "Instance \(o.version) is not 2.x")
+        }
+        var object = o
+        object.changes = []
+        return Target(object: object, uuid: uuid.lowercased())
+    }
+
+    /// Runs a native API method on the manager with this message's context and unique id.
+    /// The cast's acknowledgement stays with the RPC server (after the conductor heard the
+    /// outcome), so a crash in between redelivers it.
+    func native(_ method: String, _ args: [String: JSONValue], _ request: RPCRequest) async throws -> JSONValue {
+        let inner = RPCRequest(method: method, args: args, version: ComputeManager.apiVersion, uniqueID: request.uniqueID.map { "nova-\($0)" },
+                               context: request.context)
+        return try await manager.handle(inner, delivery: .none)
+    }
+
+    func eventStart(_ uuid: String, _ event: String, _ ctx: [String: JSONValue]) async throws {
+        _ = try await conductor.classAction("InstanceActionEvent", "event_start", args: [.string(uuid), .string(event)],
+                                            kwargs: ["want_result": false, "host": .string(host)], context: ctx)
+    }
+
+    func eventFinish(_ uuid: String, _ event: String, error: String?, _ ctx: [String: JSONValue]) async {
+        do {
+            _ = try await conductor.classAction("InstanceActionEvent", "event_finish_with_failure", args: [.string(uuid), .string(event)],
+                                                kwargs: ["exc_val": error.map { .string($0) } ?? .null,
+                                                         "exc_tb": error.map { .string("Traceback (most recent call last):\n  compute-agent\n\($0)\n") } ?? .null,
+                                                         "want_result": false], context: ctx)
+        } catch {
+            logger.warning("nova: event_finish \(event) of \(uuid) failed: \(error)")
+        }
+    }
+
+    func save(_ t: inout Target, _ values: [String: JSONValue], expected: JSONValue?, _ ctx: [String: JSONValue]) async throws {
+        for (k, v) in values { t.object.set(k, v) }
+        var kwargs: [String: JSONValue] = [:]
+        if let expected { kwargs["expected_task_state"] = expected }
+        try await conductor.objectAction(&t.object, "save", kwargs: kwargs, context: ctx)
+    }
+
+    func fault(_ uuid: String, _ message: String, _ ctx: [String: JSONValue]) async {
+        var f = NovaObject(name: "InstanceFault", version: "1.2")
+        for (k, v) in [("instance_uuid", JSONValue.string(uuid)), ("code", .int(500)), ("message", .string(String(message.prefix(255)))),
+                       ("details", .string(message)), ("host", .string(host))] { f.set(k, v) }
+        do { try await conductor.objectAction(&f, "create", context: ctx) } catch {
+            logger.warning("nova: InstanceFault.create for \(uuid) failed: \(error)")
+        }
+    }
+
+    static func message(_ error: Error) -> String {
+        if let f = error as? RemoteFailure { return f.message }
+        return "\(error)"
+    }
+
+    /// A journal that cannot be written: the cast must go back to the broker, not be
+    /// reported as failed.
+    static func mustRequeue(_ error: Error) -> Bool { (error as? RemoteFailureConvertible)?.requeueAfter != nil }
+
+    // MARK: - build_and_run_instance (nova-dropin.md 5.2)
+
+    func build(_ request: RPCRequest) async throws -> JSONValue {
+        var t = try instanceObject(request)
+        let ctx = request.context
+        let event = "compute__do_build_and_run_instance"
+        try await eventStart(t.uuid, event, ctx)
+        let flavor = NovaObject(primitive: t.object["flavor"] ?? .null)
+        let imageID = request.args["image"]?["id"]?.stringValue ?? t.object["image_ref"]?.stringValue
+        do {
+            try await save(&t, ["vm_state": "building", "task_state": .null], expected: .array(["scheduling", .null]), ctx)
+            try await save(&t, ["host": .string(host), "node": .string(host), "compute_id": plane.nodeID,
+                                "launched_on": .string(host)], expected: nil, ctx)
+            try await save(&t, ["task_state": "spawning"], expected: .array([.null]), ctx)
+            var instance: [String: JSONValue] = [
+                "uuid": .string(t.uuid), "name": t.object["display_name"] ?? .string(t.uuid),
+                "vcpus": flavor?["vcpus"] ?? t.object["vcpus"] ?? 1,
+                "memory_mb": flavor?["memory_mb"] ?? t.object["memory_mb"] ?? 64,
+                "root_gb": flavor?["root_gb"] ?? t.object["root_gb"] ?? 0,
+                "flavor": .object(["name": flavor?["name"] ?? "", "vcpus": flavor?["vcpus"] ?? 1,
+                                   "memory_mb": flavor?["memory_mb"] ?? 64, "root_gb": flavor?["root_gb"] ?? 0]),
+            ]
+            if let imageID, !imageID.isEmpty { instance["image_ref"] = .string(imageID) }
+            if let checksum = request.args["image"]?["checksum"]?.stringValue, !checksum.isEmpty {
+                instance["image_checksum"] = .string("md5:" + checksum)
+            }
+            let built: JSONValue
+            do {
+                built = try await native("build_and_run_instance", ["instance": .object(instance)], request)
+            } catch let f as RemoteFailureConvertible where f.remoteFailure.className == "InstanceExists" {
+                // A redelivery after a crash: the build ran; report what the host has.
+                built = try await native("get_instance_info", ["instance_uuid": .string(t.uuid)], request)
+            }
+            guard built["vm_state"]?.stringValue == "active" else {
+                throw NovaError("the build ended in vm_state \(built["vm_state"]?.stringValue ?? "?"): \(built["fault"]?.stringValue ?? "")")
+            }
+            try await save(&t, ["power_state": built["power_state"] ?? 1, "vm_state": "active", "task_state": .null,
+                                "launched_at": .string(novaTimestamp())], expected: "spawning", ctx)
+            await eventFinish(t.uuid, event, error: nil, ctx)
+            logger.info("nova: instance built", metadata: ["instance_uuid": "\(t.uuid)"])
+            return .null
+        } catch {
+            if Self.mustRequeue(error) { throw error }
+            let why = Self.message(error)
+            logger.error("nova: build of \(t.uuid) failed: \(why)")
+            await fault(t.uuid, why, ctx)
+            do {
+                try await save(&t, ["vm_state": "error", "task_state": .null, "host": .null, "node": .null], expected: nil, ctx)
+            } catch {
+                logger.warning("nova: could not put \(t.uuid) in ERROR: \(error)")
+            }
+            await plane.deleteAllocation(t.uuid)
+            await eventFinish(t.uuid, event, error: why, ctx)
+            return .null
+        }
+    }
+
+    // MARK: - stop / start / reboot / pause / unpause / suspend / resume (5.3)
+
+    func action(_ request: RPCRequest) async throws -> JSONValue {
+        var t = try instanceObject(request)
+        let ctx = request.context
+        let method = request.method
+        let event = "compute_\(method)"
+        try await eventStart(t.uuid, event, ctx)
+        do {
+            var args: [String: JSONValue] = ["instance_uuid": .string(t.uuid)]
+            var final: [String: JSONValue] = ["task_state": .null]
+            let expected: JSONValue?
+            switch method {
+            case "reboot_instance":
+                let hard = request.args["reboot_type"]?.stringValue?.uppercased() == "HARD"
+                args["reboot_type"] = .string(hard ? "HARD" : "SOFT")
+                let suffix = hard ? "_hard" : ""
+                try await save(&t, ["task_state": .string("reboot_pending" + suffix)],
+                               expected: .array(["rebooting" + suffix, "reboot_pending" + suffix, "reboot_started" + suffix].map { .string($0) }), ctx)
+                try await save(&t, ["task_state": .string("reboot_started" + suffix)], expected: .string("reboot_pending" + suffix), ctx)
+                final["vm_state"] = "active"
+                expected = nil
+            case "stop_instance":
+                final["vm_state"] = "stopped"
+                expected = .array(["powering-off"])
+            case "start_instance":
+                final["vm_state"] = "active"
+                expected = "powering-on"
+            case "pause_instance":
+                final["vm_state"] = "paused"
+                expected = "pausing"
+            case "unpause_instance":
+                final["vm_state"] = "active"
+                expected = "unpausing"
+            case "suspend_instance":
+                final["vm_state"] = "suspended"
+                var meta = t.object["system_metadata"]?.objectValue ?? [:]
+                meta["old_vm_state"] = t.object["vm_state"] ?? "active"
+                final["system_metadata"] = .object(meta)
+                expected = "suspending"
+            case "resume_instance":
+                var meta = t.object["system_metadata"]?.objectValue ?? [:]
+                final["vm_state"] = meta.removeValue(forKey: "old_vm_state") ?? "active"
+                final["system_metadata"] = .object(meta)
+                expected = "resuming"
+            default:
+                throw RemoteFailure.noSuchMethod(method)
+            }
+            let after = try await native(Self.lifecycle[method]!, args, request)
+            final["power_state"] = after["power_state"] ?? .null
+            try await save(&t, final, expected: expected, ctx)
+            await eventFinish(t.uuid, event, error: nil, ctx)
+            return .null
+        } catch {
+            if Self.mustRequeue(error) { throw error }
+            let why = Self.message(error)
+            logger.error("nova: \(method) of \(t.uuid) failed: \(why)")
+            // nova's reverts_task_state, the fault, and the event's failure.
+            do { try await save(&t, ["task_state": .null], expected: nil, ctx) } catch {
+                logger.warning("nova: could not revert the task state of \(t.uuid): \(error)")
+            }
+            await fault(t.uuid, why, ctx)
+            await eventFinish(t.uuid, event, error: why, ctx)
+            return .null
+        }
+    }
+
+    // MARK: - terminate_instance (5.4)
+
+    func terminate(_ request: RPCRequest) async throws -> JSONValue {
+        var t = try instanceObject(request)
+        let ctx = request.context
+        let event = "compute_terminate_instance"
+        try await eventStart(t.uuid, event, ctx)
+        do {
+            do {
+                _ = try await native("terminate_instance", ["instance_uuid": .string(t.uuid)], request)
+            } catch let f as RemoteFailureConvertible where f.remoteFailure.className == "InstanceNotFound" {
+                // Never built here (or already gone): nothing on the host to remove.
+            }
+            try await save(&t, ["power_state": 0, "vm_state": "deleted", "task_state": .null,
+                                "terminated_at": .string(novaTimestamp())], expected: nil, ctx)
+            await plane.deleteAllocation(t.uuid)
+            try await conductor.objectAction(&t.object, "destroy", context: ctx)
+            await eventFinish(t.uuid, event, error: nil, ctx)
+            return .null
+        } catch {
+            if Self.mustRequeue(error) { throw error }
+            let why = Self.message(error)
+            logger.error("nova: terminate of \(t.uuid) failed: \(why)")
+            do { try await save(&t, ["task_state": .null, "vm_state": "error"], expected: nil, ctx) } catch {}
+            await fault(t.uuid, why, ctx)
+            await eventFinish(t.uuid, event, error: why, ctx)
+            return .null
+        }
+    }
+}

@@ -1,0 +1,443 @@
+import AgentSupport
+import Compute
+import JSON
+import Logging
+import Messaging
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// nova 34's dialect (`control_plane = nova`): the agent stands where nova-compute
+/// stands. At start it registers through nova-conductor (Service and ComputeNode records,
+/// service version 74) and makes its placement resource provider (inventories, traits);
+/// the heartbeat is `Service.save`, the capabilities become `ComputeNode.save` and placement
+/// inventory updates, only when they changed. docs/nova-dropin.md.
+public final class NovaControlPlane: ControlPlane {
+    public struct Settings: Sendable {
+        public var host: String
+        public var statePath: String
+        public var placementEndpoint: String
+        public var placementToken: String
+        public var hostIP: String
+        public var reservedHostMemoryMB: Int
+        public var reservedHostDiskMB: Int
+        public var cpuAllocationRatio: Double
+        public var ramAllocationRatio: Double
+        public var diskAllocationRatio: Double
+        public var callTimeout: Double
+
+        public init(host: String, statePath: String, placementEndpoint: String, placementToken: String, hostIP: String,
+                    reservedHostMemoryMB: Int, reservedHostDiskMB: Int, cpuAllocationRatio: Double,
+                    ramAllocationRatio: Double, diskAllocationRatio: Double, callTimeout: Double)
+        {
+            self.host = host
+            self.statePath = statePath
+            self.placementEndpoint = placementEndpoint
+            self.placementToken = placementToken
+            self.hostIP = hostIP
+            self.reservedHostMemoryMB = reservedHostMemoryMB
+            self.reservedHostDiskMB = reservedHostDiskMB
+            self.cpuAllocationRatio = cpuAllocationRatio
+            self.ramAllocationRatio = ramAllocationRatio
+            self.diskAllocationRatio = diskAllocationRatio
+            self.callTimeout = callTimeout
+        }
+    }
+
+    /// nova 34's SERVICE_VERSION (nova-dropin.md 2.4).
+    public static let serviceVersion = 74
+
+    public let dialect = "nova"
+    let settings: Settings
+    let client: RPCClient
+    let conductor: Conductor
+    let placement: PlacementClient
+    let manager: ComputeManager
+    let logger: Logger
+
+    struct State {
+        var service: NovaObject?
+        var node: NovaObject?
+        var reportCount = 0
+        /// What placement and the ComputeNode last got, to send only changes.
+        var inventory: JSONValue?
+        var usage: [String: JSONValue] = [:]
+    }
+
+    let state = Mutex(State())
+    private let registeredFlag = Atomic<Bool>(false)
+
+    /// `client` must accept replies (conductor calls) and should confirm publishes.
+    public init(settings: Settings, client: RPCClient, manager: ComputeManager, logger: Logger) {
+        self.settings = settings
+        self.client = client
+        self.conductor = Conductor(client: client, timeout: settings.callTimeout)
+        self.placement = PlacementClient(endpoint: settings.placementEndpoint, token: settings.placementToken)
+        self.manager = manager
+        self.logger = logger
+    }
+
+    public var isConnected: Bool { client.isConnected }
+    public var isRegistered: Bool { registeredFlag.load(ordering: .acquiring) }
+
+    /// The ComputeNode's uuid (= the placement provider's), kept in the state path so a
+    /// restart finds its records again.
+    public var nodeUUID: String { state.withLock { $0.node?["uuid"]?.stringValue } ?? "" }
+
+    /// The ComputeNode's database id (`Instance.compute_id`).
+    var nodeID: JSONValue { state.withLock { $0.node?["id"] } ?? .null }
+
+    public func start() async {
+        await client.start()
+        var attempt = 0
+        while !Task.isCancelled {
+            do {
+                try await register()
+                registeredFlag.store(true, ordering: .releasing)
+                return
+            } catch {
+                attempt += 1
+                logger.error("registration with nova-conductor and placement failed (attempt \(attempt)), retrying in 2 s: \(error)")
+                try? await Task.sleep(for: .seconds(2))
+            }
+        }
+    }
+
+    public func stop() async { await client.stop() }
+
+    // MARK: - Registration (nova-dropin.md 3)
+
+    func register() async throws {
+        let ctx = Conductor.adminContext()
+        let host = settings.host
+        // Service: found (a restart: keep it and its report_count) or created.
+        var service: NovaObject
+        let found = try await conductor.classAction("Service", "get_by_host_and_binary", args: [.string(host), "nova-compute"],
+                                                    context: ctx)
+        if let existing = NovaObject(primitive: found) {
+            service = existing
+            if service["version"]?.intValue != Self.serviceVersion {
+                service.set("version", .int(Int64(Self.serviceVersion)))
+                try await conductor.objectAction(&service, "save", context: ctx)
+            }
+            logger.info("nova: found this host's nova-compute service record", metadata: [
+                "service_id": "\(service["id"]?.intValue ?? 0)", "report_count": "\(service["report_count"]?.intValue ?? 0)",
+            ])
+        } else {
+            service = NovaObject(name: "Service", version: "1.22")
+            for (k, v) in [("host", JSONValue.string(host)), ("binary", "nova-compute"), ("topic", "compute"),
+                           ("report_count", .int(0)), ("version", .int(Int64(Self.serviceVersion)))] { service.set(k, v) }
+            try await conductor.objectAction(&service, "create", context: ctx)
+            logger.info("nova: created the nova-compute service record", metadata: ["service_id": "\(service["id"]?.intValue ?? 0)"])
+        }
+        let reportCount = service["report_count"]?.intValue ?? 0
+
+        // ComputeNode: by the node uuid this host keeps.
+        let uuid = try nodeIdentity()
+        let caps = try await manager.capabilities()
+        var node: NovaObject
+        do {
+            let got = try await conductor.classAction("ComputeNode", "get_by_uuid", args: [.string(uuid)], context: ctx)
+            guard let n = NovaObject(primitive: got) else { throw RemoteFailure(className: "ComputeHostNotFound", module: "nova.exception", message: "") }
+            node = n
+            logger.info("nova: found this host's compute node record", metadata: ["node_id": "\(node["id"]?.intValue ?? 0)", "uuid": "\(uuid)"])
+        } catch let f as RemoteFailure where f.className == "ComputeHostNotFound" {
+            node = NovaObject(name: "ComputeNode", version: "1.19")
+            node.set("uuid", .string(uuid))
+            node.set("service_id", service["id"] ?? .null)
+            node.set("host", .string(host))
+            node.set("hypervisor_hostname", .string(host))
+            for (k, v) in nodeFields(caps) { node.set(k, v) }
+            try await conductor.objectAction(&node, "create", context: ctx)
+            logger.info("nova: created the compute node record", metadata: ["node_id": "\(node["id"]?.intValue ?? 0)", "uuid": "\(uuid)"])
+        }
+        state.withLock {
+            $0.service = service
+            $0.node = node
+            $0.reportCount = reportCount
+        }
+        try await ensureProvider(uuid: uuid, caps: caps)
+        try await saveUsage(caps, context: ctx)
+    }
+
+    /// The node uuid in `<state_path>/nova-compute-node-uuid`, made once (nova keeps
+    /// `compute_id` the same way: a node must not get a new identity on restart).
+    func nodeIdentity() throws -> String {
+        let path = settings.statePath + "/nova-compute-node-uuid"
+        if let text = readWholeFile(path) {
+            let id = text.trimmingCharacters()
+            if id.count == 36 { return id }
+        }
+        let id = randomUUID()
+        let tmp = path + ".tmp"
+        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o640)
+        guard fd >= 0 else { throw NovaError("cannot write \(tmp): \(String(cString: strerror(errno)))") }
+        let bytes = Array((id + "\n").utf8)
+        let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        let synced = fsync(fd) == 0
+        close(fd)
+        guard written == bytes.count, synced, rename(tmp, path) == 0 else {
+            throw NovaError("cannot write \(path): \(String(cString: strerror(errno)))")
+        }
+        return id
+    }
+
+    /// ComputeNode fields from the agent's capabilities (totals, usage, hypervisor).
+    func nodeFields(_ caps: JSONValue) -> [(String, JSONValue)] {
+        let vcpus = caps["vcpus"]?.intValue ?? 0, memory = caps["memory_mb"]?.intValue ?? 0, disk = caps["local_gb"]?.intValue ?? 0
+        let hvVersion: Int64 = caps["hypervisor_version"]?.intValue.map(Int64.init)
+            ?? Int64(caps["hypervisor_version"]?.stringValue.flatMap { Int($0.filter(\.isNumber)) } ?? 0)
+        let domainType = caps["supported_instances"]?.arrayValue?.first?.arrayValue?.dropFirst().first?.stringValue ?? "qemu"
+        let hvSpec = NovaObject(name: "HVSpec", version: "1.2",
+                                data: ["arch": "x86_64", "hv_type": .string(domainType == "kvm" ? "kvm" : "qemu"), "vm_mode": "hvm"],
+                                changes: ["arch", "hv_type", "vm_mode"])
+        var fields: [(String, JSONValue)] = [
+            ("vcpus", .int(Int64(vcpus))), ("memory_mb", .int(Int64(memory))), ("local_gb", .int(Int64(disk))),
+            ("hypervisor_type", .string(caps["hypervisor_type"]?.stringValue ?? "QEMU")),
+            ("hypervisor_version", .int(hvVersion)),
+            ("cpu_info", .string((caps["cpu_info"] ?? .object([:])).serialized())),
+            ("disk_available_least", .int(Int64(caps["local_gb_free"]?.intValue ?? disk))),
+            ("host_ip", .string(settings.hostIP)), ("numa_topology", .null),
+            ("supported_hv_specs", .array([hvSpec.primitive])),
+            ("cpu_allocation_ratio", .double(settings.cpuAllocationRatio)),
+            ("ram_allocation_ratio", .double(settings.ramAllocationRatio)),
+            ("disk_allocation_ratio", .double(settings.diskAllocationRatio)),
+        ]
+        fields += usageFields(caps).sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
+        return fields
+    }
+
+    /// The usage half of a ComputeNode (what `update_available_resource` saves).
+    func usageFields(_ caps: JSONValue) -> [String: JSONValue] {
+        let memory = caps["memory_mb"]?.intValue ?? 0, disk = caps["local_gb"]?.intValue ?? 0
+        let memUsed = (caps["memory_mb_used"]?.intValue ?? 0) + settings.reservedHostMemoryMB
+        let diskUsed = caps["local_gb_used"]?.intValue ?? 0
+        let instances = caps["num_instances"]?.intValue ?? 0
+        return [
+            "vcpus_used": .int(Int64(caps["vcpus_used"]?.intValue ?? 0)), "memory_mb_used": .int(Int64(memUsed)),
+            "local_gb_used": .int(Int64(diskUsed)), "free_ram_mb": .int(Int64(memory - memUsed)),
+            "free_disk_gb": .int(Int64(disk - diskUsed)), "running_vms": .int(Int64(instances)), "current_workload": .int(0),
+            "metrics": "[]",
+            "stats": .object(["failed_builds": "0", "num_instances": .string(String(instances)), "uptime": .string(hostUptime())]),
+            "pci_device_pools": NovaObject(name: "PciDevicePoolList", version: "1.1", data: ["objects": .array([])]).primitive,
+        ]
+    }
+
+    /// `ComputeNode.save` with the usage fields that changed since the last save.
+    func saveUsage(_ caps: JSONValue, context: [String: JSONValue]) async throws {
+        let fields = usageFields(caps)
+        guard var node = state.withLock({ $0.node }) else { return }
+        let last = state.withLock { $0.usage }
+        var changed = false
+        for (k, v) in fields where k != "stats" && last[k] != v {
+            node.set(k, v)
+            changed = true
+        }
+        // The uptime in `stats` changes every second: it goes along with other changes,
+        // or once a periodic pass finds nothing else changed for a minute.
+        if changed || last["stats"]?["num_instances"] != fields["stats"]?["num_instances"] || last.isEmpty {
+            node.set("stats", fields["stats"]!)
+            changed = true
+        }
+        guard changed else { return }
+        try await conductor.objectAction(&node, "save", context: context)
+        state.withLock {
+            $0.node = node
+            $0.usage = fields
+        }
+    }
+
+    // MARK: - Placement (nova-dropin.md 4.2)
+
+    static let traits = ["COMPUTE_NODE", "OWNER_NOVA", "COMPUTE_IMAGE_TYPE_RAW", "COMPUTE_IMAGE_TYPE_QCOW2",
+                         "COMPUTE_NET_ATTACH_INTERFACE", "COMPUTE_DEVICE_TAGGING"]
+
+    func inventory(_ caps: JSONValue) -> [String: JSONValue] {
+        func inv(_ total: Int, _ ratio: Double, reserved: Int) -> JSONValue {
+            .object(["total": .int(Int64(total)), "min_unit": 1, "max_unit": .int(Int64(max(1, total))), "step_size": 1,
+                     "allocation_ratio": .double(ratio), "reserved": .int(Int64(reserved))])
+        }
+        return [
+            "VCPU": inv(caps["vcpus"]?.intValue ?? 0, settings.cpuAllocationRatio, reserved: 0),
+            "MEMORY_MB": inv(caps["memory_mb"]?.intValue ?? 0, settings.ramAllocationRatio, reserved: settings.reservedHostMemoryMB),
+            "DISK_GB": inv(caps["local_gb"]?.intValue ?? 0, settings.diskAllocationRatio,
+                           reserved: (settings.reservedHostDiskMB + 1023) / 1024),
+        ]
+    }
+
+    /// The provider (uuid = the node's, name = the host), its inventories and traits: made
+    /// when missing, written only when different. A 409 (generation moved) re-reads once.
+    func ensureProvider(uuid: String, caps: JSONValue) async throws {
+        let rp = "/resource_providers/\(uuid)"
+        var generation: Int
+        let existing = try await placement.request("GET", rp, version: "1.20")
+        if existing.status == 404 {
+            let made = try await placement.expect("POST", "/resource_providers", version: "1.20",
+                                                  body: .object(["uuid": .string(uuid), "name": .string(settings.host)]))
+            generation = made?["generation"]?.intValue ?? 0
+            logger.info("placement: created the resource provider", metadata: ["uuid": "\(uuid)", "name": "\(settings.host)"])
+        } else if existing.status == 200 {
+            generation = existing.body?["generation"]?.intValue ?? 0
+        } else {
+            throw NovaError("placement GET \(rp) answered \(existing.status)")
+        }
+        try await putInventory(uuid: uuid, caps: caps, generation: &generation)
+        let current = try await placement.expect("GET", rp + "/traits", version: "1.6")
+        generation = current?["resource_provider_generation"]?.intValue ?? generation
+        let have = Set((current?["traits"]?.arrayValue ?? []).compactMap(\.stringValue))
+        let want = Set(Self.traits)
+        if !want.isSubset(of: have) {
+            // Keep traits someone else set (an operator's CUSTOM_*), add ours.
+            let all = have.union(want).sorted().map { JSONValue.string($0) }
+            _ = try await placement.expect("PUT", rp + "/traits", version: "1.6",
+                                           body: .object(["resource_provider_generation": .int(Int64(generation)), "traits": .array(all)]))
+            logger.info("placement: set the provider's traits", metadata: ["traits": "\(want.sorted().joined(separator: ","))"])
+        }
+    }
+
+    func putInventory(uuid: String, caps: JSONValue, generation: inout Int) async throws {
+        let rp = "/resource_providers/\(uuid)"
+        let want = inventory(caps)
+        let current = try await placement.expect("GET", rp + "/inventories", version: "1.26")
+        generation = current?["resource_provider_generation"]?.intValue ?? generation
+        let have = current?["inventories"]?.objectValue ?? [:]
+        let same = want.allSatisfy { key, value in
+            guard let h = have[key] else { return false }
+            return ["total", "reserved", "max_unit", "min_unit", "step_size"].allSatisfy { h[$0]?.intValue == value[$0]?.intValue }
+                && abs((h["allocation_ratio"]?.doubleValue ?? -1) - (value["allocation_ratio"]?.doubleValue ?? 0)) < 1e-6
+        }
+        if !same {
+            let answer = try await placement.expect("PUT", rp + "/inventories", version: "1.26", body: .object([
+                "resource_provider_generation": .int(Int64(generation)), "inventories": .object(want),
+            ]))
+            generation = answer?["resource_provider_generation"]?.intValue ?? generation + 1
+            logger.info("placement: inventory updated", metadata: [
+                "vcpus": "\(caps["vcpus"]?.intValue ?? 0)", "memory_mb": "\(caps["memory_mb"]?.intValue ?? 0)",
+                "disk_gb": "\(caps["local_gb"]?.intValue ?? 0)",
+            ])
+        }
+        state.withLock { $0.inventory = .object(want) }
+    }
+
+    /// Deletes the placement allocation of an instance (a terminated or failed build):
+    /// the scheduler made it; without this the capacity leaks.
+    func deleteAllocation(_ instance: String) async {
+        do {
+            let r = try await placement.request("DELETE", "/allocations/\(instance)", version: "1.28")
+            if r.status != 204 && r.status != 404 { logger.warning("placement: DELETE /allocations/\(instance) answered \(r.status)") }
+        } catch {
+            logger.warning("placement: cannot delete the allocation of \(instance): \(error)")
+        }
+    }
+
+    // MARK: - ControlPlane
+
+    public func heartbeat(count: Int, uptime: Double) async throws {
+        guard isRegistered, var service = state.withLock({ $0.service }) else {
+            throw NovaError("not registered with nova-conductor yet")
+        }
+        // The conductor moves last_seen_up only when report_count grows: keep counting
+        // from the stored value.
+        let next = state.withLock { s -> Int in
+            s.reportCount += 1
+            return s.reportCount
+        }
+        service.set("report_count", .int(Int64(next)))
+        try await conductor.objectAction(&service, "save", context: Conductor.adminContext())
+        state.withLock { $0.service = service }
+    }
+
+    public func publishCapabilities(_ capabilities: JSONValue) async throws {
+        guard isRegistered else { return }
+        let ctx = Conductor.adminContext()
+        try await saveUsage(capabilities, context: ctx)
+        let want = JSONValue.object(inventory(capabilities))
+        if state.withLock({ $0.inventory }) != want {
+            var generation = 0
+            try await putInventory(uuid: nodeUUID, caps: capabilities, generation: &generation)
+        }
+    }
+
+    /// Legacy notifications go out as with the native dialect (nova's `messagingv2`).
+    public func notify(topic: String, priority: String, eventType: String, publisherID: String,
+                       payload: JSONValue, context: [String: JSONValue]) async throws
+    {
+        try await client.notify(topic: topic, priority: priority, eventType: eventType, publisherID: publisherID,
+                                payload: payload, context: context)
+    }
+}
+
+/// A failure of the nova dialect's own (not a remote one).
+struct NovaError: Error, CustomStringConvertible {
+    let description: String
+    init(_ d: String) { description = d }
+}
+
+/// What `uptime` prints (nova's get_host_uptime returns it; ComputeNode stats carry it so
+/// nova-api does not have to ask).
+func hostUptime() -> String {
+    var t = time(nil)
+    var tm = tm()
+    localtime_r(&t, &tm)
+    func two(_ n: Int32) -> String { n < 10 ? "0\(n)" : "\(n)" }
+    let up = (readWholeFile("/proc/uptime")?.split(separator: " ").first).flatMap { Double($0) } ?? 0
+    let days = Int(up) / 86_400, hours = (Int(up) % 86_400) / 3600, minutes = (Int(up) % 3600) / 60
+    let load = (readWholeFile("/proc/loadavg") ?? "0 0 0").split(separator: " ").prefix(3).joined(separator: ", ")
+    let span = days > 0 ? "\(days) day\(days == 1 ? "" : "s"), \(hours):\(two(Int32(minutes)))" : "\(hours):\(two(Int32(minutes)))"
+    return " \(two(tm.tm_hour)):\(two(tm.tm_min)):\(two(tm.tm_sec)) up \(span),  0 users,  load average: \(load)"
+}
+
+extension String {
+    func trimmingCharacters() -> String {
+        var s = Substring(self)
+        while let f = s.first, f.isWhitespace { s.removeFirst() }
+        while let l = s.last, l.isWhitespace { s.removeLast() }
+        return String(s)
+    }
+}
+
+extension NovaControlPlane {
+    /// Reads what the nova dialect needs from the agent's configuration (nova's own
+    /// `[placement]` section among it). Throws a ConfigError naming what is missing.
+    public convenience init(configuration c: AgentConfiguration, client: RPCClient, manager: ComputeManager,
+                            logger: Logger) throws(ConfigError)
+    {
+        let placement = c.novaSections["placement"] ?? [:]
+        guard let endpoint = placement["endpoint_override"].flatMap({ $0.isEmpty ? nil : $0 }) ?? placement["endpoint"],
+              !endpoint.isEmpty
+        else {
+            throw c.error(section: "placement", option: "endpoint",
+                          "control_plane = nova needs placement's URL: [placement] endpoint (nova's admin_token style, as in nova.conf)")
+        }
+        let settings = Settings(
+            host: c.host, statePath: c.statePath, placementEndpoint: endpoint, placementToken: placement["token"] ?? "admin",
+            hostIP: c.myIP ?? firstHostAddress(), reservedHostMemoryMB: c.reservedHostMemoryMB,
+            reservedHostDiskMB: c.reservedHostDiskMB, cpuAllocationRatio: c.cpuAllocationRatio,
+            ramAllocationRatio: c.ramAllocationRatio, diskAllocationRatio: c.diskAllocationRatio,
+            callTimeout: c.rpcResponseTimeout)
+        self.init(settings: settings, client: client, manager: manager, logger: logger)
+    }
+}
+
+/// The first non-loopback IPv4 address of the host (nova's `my_ip` default), else 127.0.0.1.
+func firstHostAddress() -> String {
+    var list: UnsafeMutablePointer<ifaddrs>?
+    guard getifaddrs(&list) == 0, let first = list else { return "127.0.0.1" }
+    defer { freeifaddrs(list) }
+    var p: UnsafeMutablePointer<ifaddrs>? = first
+    while let a = p {
+        defer { p = a.pointee.ifa_next }
+        guard let sa = a.pointee.ifa_addr, sa.pointee.sa_family == sa_family_t(AF_INET),
+              a.pointee.ifa_flags & UInt32(IFF_LOOPBACK) == 0
+        else { continue }
+        var buf = [CChar](repeating: 0, count: Int(INET_ADDRSTRLEN))
+        sa.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { sin in
+            var addr = sin.pointee.sin_addr
+            _ = inet_ntop(AF_INET, &addr, &buf, socklen_t(buf.count))
+        }
+        return String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+    return "127.0.0.1"
+}
