@@ -73,6 +73,7 @@ case "${1:-}" in
     tail -20 "$DIR/gunicorn.log" >&2 || true
     exit 1
     ;;
+  install) install_venv ;;
   stop)
     if [ -f "$DIR/gunicorn.pid" ] && kill "$(cat "$DIR/gunicorn.pid")" 2>/dev/null; then
       echo "glance: stopped"
@@ -84,5 +85,5 @@ case "${1:-}" in
     if healthy; then echo "glance: running at $URL"; else echo "glance: not running"; exit 1; fi
     ;;
   url) echo "$URL" ;;
-  *) echo "usage: $0 start|stop|status|url" >&2; exit 2 ;;
+  *) echo "usage: $0 start|stop|status|url|install" >&2; exit 2 ;;
 esac

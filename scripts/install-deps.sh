@@ -27,6 +27,7 @@ DEB_PACKAGES=(
   patchelf dpkg-dev      # packaging: the bundled Swift runtime's rpath, dpkg-deb
   iproute2 procps psmisc iputils-ping
   prometheus             # promtool: the metrics tests validate the exposition with it
+  sqlite3                # the nova control plane's scripts (scripts/nova-control-plane.sh)
 )
 if [ "${SKIP_QEMU:-0}" != 1 ]; then
   DEB_PACKAGES+=(qemu-system-x86)

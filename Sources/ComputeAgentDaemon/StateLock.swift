@@ -50,8 +50,11 @@ private extension String {
 
 /// A configuration file that holds a broker password and that other users can read.
 enum ConfigFilePermissions {
-    static func warning(path: String, transportURL: TransportURL) -> String? {
+    /// `passwordFrom`: the file that set `transport_url` (several files may be read; only
+    /// that one holds the password).
+    static func warning(path: String, transportURL: TransportURL, passwordFrom: String? = nil) -> String? {
         guard transportURL.brokers.contains(where: { !$0.password.isEmpty }) else { return nil }
+        if let passwordFrom, passwordFrom != path { return nil }
         var st = stat()
         guard stat(path, &st) == 0 else { return nil }
         guard st.st_mode & 0o004 != 0 else { return nil }

@@ -80,6 +80,9 @@ let configPath = configPaths.joined(separator: ", ")
 
 let config: AgentConfiguration
 do { config = try AgentConfiguration.load(paths: configPaths) } catch { fail(2, "configuration error: \(error)") }
+if config.controlPlane == "nova" {
+    do { _ = try NovaControlPlane.placementEndpoint(config) } catch { fail(2, "configuration error: \(error)") }
+}
 
 LiveLogLevel.current = (config.debug || forceDebug) ? .debug : .info
 // Under systemd (its journal on our standard error) log natively to journald, with fields.
@@ -118,7 +121,8 @@ do { try StateLock.acquire(statePath: config.statePath) } catch {
 
 // The file holds the broker password: others must not read it.
 for path in configPaths {
-    if let warning = ConfigFilePermissions.warning(path: path, transportURL: url) {
+    if let warning = ConfigFilePermissions.warning(path: path, transportURL: url,
+                                                   passwordFrom: config.optionFiles["DEFAULT.transport_url"] ?? configPaths.last) {
         logger.warning("\(warning)")
     }
 }

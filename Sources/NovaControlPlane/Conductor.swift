@@ -42,10 +42,33 @@ struct Conductor: Sendable {
     func classAction(_ objname: String, _ method: String, args: [JSONValue] = [], kwargs: [String: JSONValue] = [:],
                      context: [String: JSONValue]) async throws -> JSONValue
     {
-        try await client.call(topic: "conductor", method: "object_class_action_versions", args: [
-            "objname": .string(objname), "objmethod": .string(method), "object_versions": .object(Self.versions),
-            "args": .array(args), "kwargs": .object(kwargs),
-        ], version: "3.0", timeout: timeout, context: context)
+        try await retryingTransient {
+            try await client.call(topic: "conductor", method: "object_class_action_versions", args: [
+                "objname": .string(objname), "objmethod": .string(method), "object_versions": .object(Self.versions),
+                "args": .array(args), "kwargs": .object(kwargs),
+            ], version: "3.0", timeout: timeout, context: context)
+        }
+    }
+
+    /// A database error the conductor's database may clear by itself (a lock or a deadlock
+    /// between concurrent writers: SQLite's "database is locked", MySQL's deadlock).
+    static func isTransient(_ error: Error) -> Bool {
+        guard let f = error as? RemoteFailure else { return false }
+        return ["DBDeadlock", "DBConnectionError"].contains(f.className)
+            || f.message.contains("database is locked") || f.message.contains("Deadlock found")
+    }
+
+    /// Runs a conductor call again (up to 5 times, 0.2 … 1 s apart) while it fails with a
+    /// transient database error. Every call the agent makes writes the same values again,
+    /// so a repeat is harmless.
+    func retryingTransient<T: Sendable>(_ body: () async throws -> T) async throws -> T {
+        var attempt = 0
+        while true {
+            do { return try await body() } catch where Self.isTransient(error) && attempt < 5 {
+                attempt += 1
+                try? await Task.sleep(for: .milliseconds(200 * attempt))
+            }
+        }
     }
 
     /// `object_action`: a method on an object (`Instance.save`); applies the updates the
@@ -54,9 +77,12 @@ struct Conductor: Sendable {
     func objectAction(_ object: inout NovaObject, _ method: String, args: [JSONValue] = [], kwargs: [String: JSONValue] = [:],
                       context: [String: JSONValue]) async throws -> JSONValue
     {
-        let reply = try await client.call(topic: "conductor", method: "object_action", args: [
-            "objinst": object.primitive, "objmethod": .string(method), "args": .array(args), "kwargs": .object(kwargs),
-        ], version: "3.0", timeout: timeout, context: context)
+        let primitive = object.primitive
+        let reply = try await retryingTransient {
+            try await client.call(topic: "conductor", method: "object_action", args: [
+                "objinst": primitive, "objmethod": .string(method), "args": .array(args), "kwargs": .object(kwargs),
+            ], version: "3.0", timeout: timeout, context: context)
+        }
         let pair = reply.arrayValue ?? []
         object.apply(updates: pair.first)
         return pair.count > 1 ? pair[1] : .null

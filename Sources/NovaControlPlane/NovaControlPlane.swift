@@ -405,12 +405,7 @@ extension NovaControlPlane {
                             logger: Logger) throws(ConfigError)
     {
         let placement = c.novaSections["placement"] ?? [:]
-        guard let endpoint = placement["endpoint_override"].flatMap({ $0.isEmpty ? nil : $0 }) ?? placement["endpoint"],
-              !endpoint.isEmpty
-        else {
-            throw c.error(section: "placement", option: "endpoint",
-                          "control_plane = nova needs placement's URL: [placement] endpoint (nova's admin_token style, as in nova.conf)")
-        }
+        let endpoint = try Self.placementEndpoint(c)
         let settings = Settings(
             host: c.host, statePath: c.statePath, placementEndpoint: endpoint, placementToken: placement["token"] ?? "admin",
             hostIP: c.myIP ?? firstHostAddress(), reservedHostMemoryMB: c.reservedHostMemoryMB,
@@ -418,6 +413,21 @@ extension NovaControlPlane {
             ramAllocationRatio: c.ramAllocationRatio, diskAllocationRatio: c.diskAllocationRatio,
             callTimeout: c.rpcResponseTimeout)
         self.init(settings: settings, client: client, manager: manager, logger: logger)
+    }
+}
+
+extension NovaControlPlane {
+    /// `[placement] endpoint_override` or `endpoint`; a ConfigError when neither is set
+    /// (checked at start-up, before anything else is done).
+    public static func placementEndpoint(_ c: AgentConfiguration) throws(ConfigError) -> String {
+        let placement = c.novaSections["placement"] ?? [:]
+        guard let endpoint = placement["endpoint_override"].flatMap({ $0.isEmpty ? nil : $0 }) ?? placement["endpoint"],
+              !endpoint.isEmpty
+        else {
+            throw c.error(section: "placement", option: "endpoint",
+                          "control_plane = nova needs placement's URL: [placement] endpoint (nova's admin_token style, as in nova.conf)")
+        }
+        return endpoint
     }
 }
 

@@ -62,7 +62,8 @@ class Agent:
         waits for `wait_for` in its log."""
         self.logf = open(self.log, "ab")
         self.mark = len(self.text())
-        self.proc = subprocess.Popen([*prefix, str(AGENT), "--config-file", str(self.conf)], stdout=self.logf,
+        configs = [a for f in getattr(self, "pre_configs", []) for a in ("--config-file", str(f))]
+        self.proc = subprocess.Popen([*prefix, str(AGENT), *configs, "--config-file", str(self.conf)], stdout=self.logf,
                                      stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
         deadline = time.time() + timeout
         while time.time() < deadline:

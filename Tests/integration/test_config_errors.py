@@ -131,3 +131,36 @@ def test_only_decimal_numbers_are_accepted(tmp_path, value):
     assert code == 2 and "expected a decimal number of seconds such as 10 or 2.5" in err
     code, err, conf = run(tmp_path, f"[DEFAULT]\nplugin_threads = {value}\n")
     assert code == 2 and "expected a decimal integer such as 10" in err
+
+
+def run_files(tmp_path, *texts):
+    paths = []
+    for i, text in enumerate(texts):
+        p = tmp_path / f"f{i}.conf"
+        p.write_text(text)
+        paths.append(p)
+    args = [a for p in paths for a in ("--config-file", str(p))]
+    proc = subprocess.run([str(AGENT), *args], capture_output=True, text=True, timeout=20)
+    return proc.returncode, proc.stderr, paths
+
+
+NOVA_CONF = "[DEFAULT]\nhost = h\ncompute_driver = fake.SmallFakeDriver\nlog_dir = ./log\n[oslo_concurrency]\nlock_path = x\n"
+
+
+def test_later_files_override_and_errors_name_the_file_an_option_came_from(tmp_path):
+    code, err, (first, second) = run_files(tmp_path, "[DEFAULT]\nreport_interval = 5\n", "[DEFAULT]\nreport_interval = soon\n")
+    assert code == 2 and f"{second}:2: [DEFAULT] report_interval" in err, err
+    code, err, (first, second) = run_files(tmp_path, "[DEFAULT]\nreport_interval = soon\n", "[DEFAULT]\nreport_interval = 5\nplugin_dir = rel\n")
+    assert code == 2 and "report_interval" not in err and f"{second}:3: [DEFAULT] plugin_dir" in err, err
+
+
+def test_nova_files_are_refused_in_native_mode_and_read_in_nova_mode(tmp_path):
+    code, err, (nova, _) = run_files(tmp_path, NOVA_CONF, "[DEFAULT]\ncompute_driver = libvirt\n")
+    assert code == 2 and f"{nova}:4: [DEFAULT] log_dir: unknown option" in err, err
+    # nova mode: nova's driver class names no plugin of the agent's unless overridden.
+    code, err, (nova, _) = run_files(tmp_path, NOVA_CONF, "[DEFAULT]\ncontrol_plane = nova\n")
+    assert code == 2 and f"{nova}:3: [DEFAULT] compute_driver: nova's driver 'fake.SmallFakeDriver' has no compute-agent plugin" in err, err
+    # Overridden, it gets past the files and wants placement's URL.
+    code, err, (nova, mine) = run_files(tmp_path, NOVA_CONF, "[DEFAULT]\ncontrol_plane = nova\ncompute_driver = libvirt\n"
+                                        "[libvirt]\nconnection_uri = test:///default\n")
+    assert code == 2 and "[placement] endpoint: control_plane = nova needs placement's URL" in err, err

@@ -1,0 +1,275 @@
+"""Drop-in for nova-compute: a real, unmodified nova 34 control plane (nova-api,
+nova-conductor, nova-scheduler, placement 16, glance 33; scripts/nova-control-plane.sh)
+with the agent in the nova-compute slot (`control_plane = nova`, started with nova's own
+nova.conf first and the agent's file after it). Everything is checked through nova's REST
+API, placement's REST API and nova's databases — the checklist of
+../shared/reference/nova-dropin.md §8: registration and heartbeat, hypervisor and
+provider, boot → ACTIVE on the agent's host with its allocation, stop/start/reboot
+(soft, hard)/pause/unpause/suspend/resume with the right power states, instance actions
+and events, console output, delete with the allocation released, a failing build in
+ERROR with its fault, and a restart (SIGTERM, then SIGKILL) that keeps the service, the
+node, the provider and the instances."""
+import json
+import os
+import pathlib
+import signal
+import sqlite3
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+import pytest
+
+from conftest import BUILD, ROOT, Agent
+
+API = "http://127.0.0.1:8774/v2.1"
+PLACEMENT = "http://127.0.0.1:8778"
+GLANCE = "http://127.0.0.1:9292"
+HDR = {"X-Auth-Token": "admin:admin", "Content-Type": "application/json", "X-OpenStack-Nova-API-Version": "2.100"}
+
+
+@pytest.fixture(scope="module")
+def plane():
+    """The control plane, with fresh databases, for this module."""
+    script = ROOT / "scripts" / "nova-control-plane.sh"
+    p = subprocess.run(["bash", str(script), "start"], capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    d = pathlib.Path(subprocess.run(["bash", str(script), "dir"], capture_output=True, text=True, check=True).stdout.strip())
+    yield d
+    subprocess.run(["bash", str(script), "stop"], capture_output=True, text=True, timeout=120)
+
+
+def req(method, path, body=None, base=API, headers=HDR):
+    data = json.dumps(body).encode() if body is not None else None
+    r = urllib.request.Request(base + path, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(r, timeout=60) as resp:
+            raw = resp.read()
+            return resp.status, (json.loads(raw) if raw else None)
+    except urllib.error.HTTPError as e:
+        raw = e.read()
+        try:
+            return e.code, json.loads(raw)
+        except ValueError:
+            return e.code, raw.decode(errors="replace")
+
+
+def placement(path):
+    return req("GET", path, base=PLACEMENT, headers={"X-Auth-Token": "admin", "OpenStack-API-Version": "placement 1.39"})
+
+
+def wait(pred, timeout=60, every=0.2):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(every)
+    return None
+
+
+def db(plane, name, sql, *args):
+    c = sqlite3.connect(f"file:{plane / 'db' / name}?mode=ro", uri=True, timeout=10)
+    try:
+        return c.execute(sql, args).fetchall()
+    finally:
+        c.close()
+
+
+def upload_image(data, disk_format="raw", name="tiny"):
+    body = json.dumps({"name": name, "disk_format": disk_format, "container_format": "bare", "visibility": "public"}).encode()
+    r = urllib.request.Request(f"{GLANCE}/v2/images", data=body, method="POST", headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(r, timeout=30) as resp:
+        iid = json.loads(resp.read())["id"]
+    r = urllib.request.Request(f"{GLANCE}/v2/images/{iid}/file", data=data, method="PUT",
+                               headers={"Content-Type": "application/octet-stream"})
+    urllib.request.urlopen(r, timeout=60).read()
+    return iid
+
+
+def nova_agent(tmp_path, plane):
+    """The agent in the nova-compute slot: nova's files, then its own."""
+    a = Agent(tmp_path)
+    a.pre_configs = [plane / "nova.conf", plane / "nova-services.conf"]
+    a.conf.write_text(f"""[DEFAULT]
+control_plane = nova
+host = {a.host}
+state_path = {a.state}
+plugin_dir = {BUILD}
+compute_driver = libvirt
+image_fetcher = glance
+report_interval = 2
+periodic_interval = 5
+update_resources_interval = 10
+
+[libvirt]
+connection_uri = test:///default
+
+[glance]
+api_servers = {GLANCE}
+cache_dir = {a.state}/_base
+""")
+    return a
+
+
+def server(sid):
+    code, b = req("GET", f"/servers/{sid}")
+    return None if code == 404 else b["server"]
+
+
+def settle(sid, status, timeout=60):
+    s = wait(lambda: (lambda v: v if v and v["status"] in (status, "ERROR") and v["OS-EXT-STS:task_state"] is None else None)(server(sid)),
+             timeout=timeout)
+    assert s, f"server {sid} did not settle in {status}: {server(sid)}"
+    return s
+
+
+def act(sid, body, status):
+    code, resp = req("POST", f"/servers/{sid}/action", body)
+    assert code == 202, (code, resp)
+    s = settle(sid, status)
+    assert s["status"] == status, s.get("fault")
+    return s
+
+
+def boot(name, image, flavor):
+    code, b = req("POST", "/servers", {"server": {"name": name, "imageRef": image, "flavorRef": flavor, "networks": "none"}})
+    assert code == 202, b
+    return b["server"]["id"]
+
+
+@pytest.fixture(scope="module")
+def flavor(plane):
+    code, b = req("POST", "/flavors", {"flavor": {"name": "tiny", "ram": 256, "vcpus": 1, "disk": 1}})
+    assert code == 200, b
+    return b["flavor"]["id"]
+
+
+@pytest.fixture(scope="module")
+def image(plane):
+    return upload_image(b"\0" * 1048576)
+
+
+@pytest.fixture(scope="module")
+def agent(tmp_path_factory, plane):
+    a = nova_agent(tmp_path_factory.mktemp("nova-agent"), plane)
+    a.start()
+    # The scheduler maps a new host into cell1 every few seconds (discover_hosts).
+    assert wait(lambda: db(plane, "nova_api.sqlite", "select 1 from host_mappings where host=?", a.host), timeout=60), \
+        "the agent's host was never mapped into cell1"
+    yield a
+    a.stop()
+
+
+def test_registers_as_nova_compute_and_stays_up_with_its_provider(plane, agent):
+    svcs = wait(lambda: [s for s in req("GET", "/os-services?binary=nova-compute")[1]["services"]
+                         if s["host"] == agent.host and s["state"] == "up"], timeout=30)
+    assert svcs and svcs[0]["status"] == "enabled" and svcs[0]["zone"] == "nova", svcs
+    hyps = req("GET", "/os-hypervisors/detail")[1]["hypervisors"]
+    mine = [h for h in hyps if h["service"]["host"] == agent.host]
+    assert len(mine) == 1 and mine[0]["hypervisor_hostname"] == agent.host and mine[0]["state"] == "up"
+    node = mine[0]["id"]
+    assert node == (agent.state / "nova-compute-node-uuid").read_text().strip()
+    assert mine[0]["uptime"] and "load average" in mine[0]["uptime"]
+    # Placement: the provider is the node, with the host's inventory and the traits the
+    # scheduler requires.
+    code, rp = placement(f"/resource_providers/{node}")
+    assert code == 200 and rp["name"] == agent.host
+    inv = placement(f"/resource_providers/{node}/inventories")[1]["inventories"]
+    assert set(inv) == {"VCPU", "MEMORY_MB", "DISK_GB"}
+    assert inv["VCPU"]["total"] == 16 and inv["MEMORY_MB"]["reserved"] == 512 and inv["VCPU"]["allocation_ratio"] == 4.0
+    traits = placement(f"/resource_providers/{node}/traits")[1]["traits"]
+    assert {"COMPUTE_NODE", "OWNER_NOVA"} <= set(traits)
+    # The heartbeat (Service.save through the conductor) moves report_count every 2 s.
+    q = "select report_count, version from services where host=? and binary='nova-compute' and deleted=0"
+    (before, version), = db(plane, "nova.sqlite", q, agent.host)
+    time.sleep(4.5)
+    (after, _), = db(plane, "nova.sqlite", q, agent.host)
+    assert version == 74 and after >= before + 2, (before, after)
+    # nova's options the agent does not use were named, not refused.
+    assert "[oslo_concurrency]: section not used by compute-agent (control_plane = nova), ignored" in agent.text()
+
+
+def test_a_server_lives_its_whole_life_through_the_nova_api(plane, agent, flavor, image):
+    sid = boot("vm1", image, flavor)
+    s = settle(sid, "ACTIVE")
+    assert s["status"] == "ACTIVE", s.get("fault")
+    assert s["OS-EXT-SRV-ATTR:host"] == agent.host and s["OS-EXT-SRV-ATTR:hypervisor_hostname"] == agent.host
+    assert s["OS-EXT-STS:power_state"] == 1
+    node = (agent.state / "nova-compute-node-uuid").read_text().strip()
+    alloc = placement(f"/allocations/{sid}")[1]["allocations"]
+    assert list(alloc) == [node] and alloc[node]["resources"] == {"VCPU": 1, "MEMORY_MB": 256, "DISK_GB": 1}
+    # The agent runs the guest: its own API would show the same instance.
+    assert f"instance_uuid={sid}" in agent.text()
+
+    assert act(sid, {"os-stop": None}, "SHUTOFF")["OS-EXT-STS:power_state"] == 4
+    assert act(sid, {"os-start": None}, "ACTIVE")["OS-EXT-STS:power_state"] == 1
+    act(sid, {"reboot": {"type": "SOFT"}}, "ACTIVE")
+    act(sid, {"reboot": {"type": "HARD"}}, "ACTIVE")
+    assert act(sid, {"pause": None}, "PAUSED")["OS-EXT-STS:power_state"] == 3
+    assert act(sid, {"unpause": None}, "ACTIVE")["OS-EXT-STS:power_state"] == 1
+    assert act(sid, {"suspend": None}, "SUSPENDED")["OS-EXT-STS:power_state"] == 7
+    assert act(sid, {"resume": None}, "ACTIVE")["OS-EXT-STS:power_state"] == 1
+    code, out = req("POST", f"/servers/{sid}/action", {"os-getConsoleOutput": {"length": 5}})
+    assert code == 200 and isinstance(out["output"], str)
+
+    # Every step is an instance action whose compute event succeeded.
+    actions = req("GET", f"/servers/{sid}/os-instance-actions")[1]["instanceActions"]
+    names = sorted(a["action"] for a in actions)
+    assert names == sorted(["create", "stop", "start", "reboot", "reboot", "pause", "unpause", "suspend", "resume"]), names
+    for a in actions:
+        detail = req("GET", f"/servers/{sid}/os-instance-actions/{a['request_id']}")[1]["instanceAction"]
+        events = {e["event"]: e["result"] for e in detail["events"]}
+        assert events and all(r == "Success" for r in events.values()), (a["action"], events)
+    create = [a for a in actions if a["action"] == "create"][0]
+    detail = req("GET", f"/servers/{sid}/os-instance-actions/{create['request_id']}")[1]["instanceAction"]
+    assert [e["event"] for e in detail["events"]] == ["compute__do_build_and_run_instance"]
+
+    code, _ = req("DELETE", f"/servers/{sid}")
+    assert code == 204
+    assert wait(lambda: server(sid) is None, timeout=60), "the server never went away"
+    assert placement(f"/allocations/{sid}")[1]["allocations"] == {}, "the allocation leaked"
+    assert wait(lambda: f"instance_uuid={sid}" in agent.text() and "terminate_instance" in agent.text(), timeout=5)
+
+
+def test_a_failing_build_ends_in_error_with_its_fault_and_no_allocation(plane, agent, flavor):
+    bad = upload_image(os.urandom(65536), disk_format="qcow2", name="not-a-qcow2")
+    sid = boot("vm-bad", bad, flavor)
+    s = settle(sid, "ERROR")
+    assert s["status"] == "ERROR" and s["fault"]["code"] == 500 and s["fault"]["message"], s
+    assert placement(f"/allocations/{sid}")[1]["allocations"] == {}, "a failed build kept its allocation"
+    actions = req("GET", f"/servers/{sid}/os-instance-actions")[1]["instanceActions"]
+    detail = req("GET", f"/servers/{sid}/os-instance-actions/{actions[0]['request_id']}")[1]["instanceAction"]
+    assert [e["result"] for e in detail["events"]] == ["Error"]
+    assert req("DELETE", f"/servers/{sid}")[0] == 204
+    assert wait(lambda: server(sid) is None, timeout=60)
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_a_restart_keeps_the_service_the_node_and_the_instances(plane, agent, flavor, image, how):
+    sid = boot(f"vm-restart-{how.lower()}", image, flavor)
+    assert settle(sid, "ACTIVE")["status"] == "ACTIVE"
+    q = "select id, report_count from services where host=? and binary='nova-compute' and deleted=0"
+    (service_id, count), = db(plane, "nova.sqlite", q, agent.host)
+    nodes = db(plane, "nova.sqlite", "select id, uuid from compute_nodes where host=? and deleted=0", agent.host)
+    if how == "SIGTERM":
+        agent.stop()
+    else:
+        agent.kill()
+    agent.start()
+    # Same rows (no second service or node), the count goes on, the provider is the same.
+    assert wait(lambda: db(plane, "nova.sqlite", q, agent.host)[0][1] > count + 1, timeout=20), "no heartbeat after the restart"
+    assert db(plane, "nova.sqlite", q, agent.host)[0][0] == service_id
+    assert db(plane, "nova.sqlite", "select id, uuid from compute_nodes where host=? and deleted=0", agent.host) == nodes
+    assert "found this host's nova-compute service record" in agent.text()[agent.mark:]
+    assert "found this host's compute node record" in agent.text()[agent.mark:]
+    svc = [s for s in req("GET", "/os-services?binary=nova-compute")[1]["services"] if s["host"] == agent.host]
+    assert len(svc) == 1 and svc[0]["state"] == "up"
+    assert server(sid)["status"] == "ACTIVE"
+    assert act(sid, {"os-stop": None}, "SHUTOFF")["OS-EXT-STS:power_state"] == 4
+    assert act(sid, {"os-start": None}, "ACTIVE")["OS-EXT-STS:power_state"] == 1
+    assert req("DELETE", f"/servers/{sid}")[0] == 204
+    assert wait(lambda: server(sid) is None, timeout=60)
+    assert placement(f"/allocations/{sid}")[1]["allocations"] == {}
