@@ -183,6 +183,10 @@ public final class AgentMetrics: Sendable {
             let h = registry.makeValueHistogram(
                 descriptor: Self.descriptor("compute_agent_plugin_call_duration_seconds", "Duration of plugin calls, by plugin kind and function"),
                 labels: labels, buckets: Self.secondsBuckets)
+            // The function's failure counters exist (at 0) from its first call, so rate()
+            // and increase() alerts see them before the first timeout.
+            declareCounter("compute_agent_plugin_call_timeouts_total", labels, help: "Plugin calls that did not answer within plugin_call_timeout")
+            declareCounter("compute_agent_plugin_call_errors_total", labels, help: "Plugin calls that returned an error")
             hot.withLock { $0.pluginHistograms[key] = h }
             h.record(seconds)
         }

@@ -20,7 +20,7 @@ public final class NovaComputeEndpoint: RPCEndpoint {
         "suspend_instance": "suspend_instance", "resume_instance": "resume_instance",
     ]
     static let methods: Set<String> = Set(lifecycle.keys).union(["build_and_run_instance", "terminate_instance",
-                                                                 "get_host_uptime", "get_console_output"])
+                                                                 "get_host_uptime", "get_console_output", "set_host_enabled"])
 
     let plane: NovaControlPlane
     let manager: ComputeManager
@@ -48,6 +48,12 @@ public final class NovaComputeEndpoint: RPCEndpoint {
     public func handle(_ request: RPCRequest, delivery: DeliveryAcknowledger) async throws -> JSONValue {
         switch request.method {
         case "get_host_uptime": return .string(hostUptime())
+        case "set_host_enabled":
+            guard let enabled = request.args["enabled"]?.boolValue else {
+                throw RemoteFailure(className: "InvalidInput", module: "nova.exception", message: "'enabled' must be a boolean")
+            }
+            try await plane.setHostEnabled(enabled)
+            return .string(enabled ? "enabled" : "disabled")
         case "get_console_output":
             let uuid = try instanceObject(request).uuid
             var args: [String: JSONValue] = ["instance_uuid": .string(uuid)]
@@ -176,7 +182,8 @@ public final class NovaComputeEndpoint: RPCEndpoint {
             logger.error("nova: build of \(t.uuid) failed: \(why)")
             await fault(t.uuid, why, ctx)
             do {
-                try await save(&t, ["vm_state": "error", "task_state": .null, "host": .null, "node": .null], expected: nil, ctx)
+                try await save(&t, ["vm_state": "error", "task_state": .null, "host": .null, "node": .null, "compute_id": .null],
+                               expected: nil, ctx)
             } catch {
                 logger.warning("nova: could not put \(t.uuid) in ERROR: \(error)")
             }

@@ -321,6 +321,22 @@ public final class NovaControlPlane: ControlPlane {
         state.withLock { $0.inventory = .object(want) }
     }
 
+    /// nova-api's `set_host_enabled` when an admin disables or enables the service: the
+    /// provider gets or loses `COMPUTE_STATUS_DISABLED`, which the scheduler excludes.
+    func setHostEnabled(_ enabled: Bool) async throws {
+        let rp = "/resource_providers/\(nodeUUID)/traits"
+        let current = try await placement.expect("GET", rp, version: "1.6")
+        var traits = Set((current?["traits"]?.arrayValue ?? []).compactMap(\.stringValue))
+        let before = traits
+        if enabled { traits.remove("COMPUTE_STATUS_DISABLED") } else { traits.insert("COMPUTE_STATUS_DISABLED") }
+        guard traits != before else { return }
+        _ = try await placement.expect("PUT", rp, version: "1.6", body: .object([
+            "resource_provider_generation": current?["resource_provider_generation"] ?? 0,
+            "traits": .array(traits.sorted().map { .string($0) }),
+        ]))
+        logger.notice("nova: the service was \(enabled ? "enabled" : "disabled"); provider trait COMPUTE_STATUS_DISABLED \(enabled ? "removed" : "set")")
+    }
+
     /// Deletes the placement allocation of an instance (a terminated or failed build):
     /// the scheduler made it; without this the capacity leaks.
     func deleteAllocation(_ instance: String) async {

@@ -175,7 +175,8 @@ def test_plugin_dir(tmp_path_factory):
     built with gcc against the plugin header."""
     d = tmp_path_factory.mktemp("test-plugins")
     os.chmod(d, 0o755)
-    for name in ["libcompute_hypervisor_libvirt.so", "libcompute_image_file.so", "libcompute_network_noop.so"]:
+    for name in ["libcompute_hypervisor_libvirt.so", "libcompute_image_file.so", "libcompute_image_glance.so",
+                 "libcompute_network_noop.so"]:
         shutil.copy(BUILD / name, d / name)
     for src, out in [("memhv.c", "libcompute_hypervisor_memhv.so"), ("recnet.c", "libcompute_network_recnet.so")]:
         subprocess.run(["gcc", "-Wall", "-shared", "-fPIC", "-O1", "-o", str(d / out), f"-I{HEADER_DIR}",

@@ -89,23 +89,27 @@ def upload_image(data, disk_format="raw", name="tiny"):
     return iid
 
 
-def nova_agent(tmp_path, plane):
-    """The agent in the nova-compute slot: nova's files, then its own."""
+def nova_agent(tmp_path, plane, plugin_dir=BUILD, hypervisor="libvirt"):
+    """The agent in the nova-compute slot: nova's files, then its own. `hypervisor`
+    libvirt is libvirt's test:///default (its domains live in the agent's process);
+    memhv (the C test plugin) keeps its domains in a file, so they outlive a restart as
+    a real hypervisor's do."""
     a = Agent(tmp_path)
     a.pre_configs = [plane / "nova.conf", plane / "nova-services.conf"]
+    section = ("[libvirt]\nconnection_uri = test:///default\n" if hypervisor == "libvirt"
+               else f"[memhv]\nstate_file = {tmp_path / 'domains'}\n")
     a.conf.write_text(f"""[DEFAULT]
 control_plane = nova
 host = {a.host}
 state_path = {a.state}
-plugin_dir = {BUILD}
-compute_driver = libvirt
+plugin_dir = {plugin_dir}
+compute_driver = {hypervisor}
 image_fetcher = glance
 report_interval = 2
 periodic_interval = 5
 update_resources_interval = 10
 
-[libvirt]
-connection_uri = test:///default
+{section}
 
 [glance]
 api_servers = {GLANCE}
@@ -152,14 +156,34 @@ def image(plane):
     return upload_image(b"\0" * 1048576)
 
 
-@pytest.fixture(scope="module")
-def agent(tmp_path_factory, plane):
-    a = nova_agent(tmp_path_factory.mktemp("nova-agent"), plane)
-    a.start()
+def mapped(plane, a):
     # The scheduler maps a new host into cell1 every few seconds (discover_hosts).
     assert wait(lambda: db(plane, "nova_api.sqlite", "select 1 from host_mappings where host=?", a.host), timeout=60), \
         "the agent's host was never mapped into cell1"
+    return a
+
+
+@pytest.fixture(scope="module")
+def agent(tmp_path_factory, plane):
+    a = mapped(plane, nova_agent(tmp_path_factory.mktemp("nova-agent"), plane).start())
     yield a
+    a.stop()
+
+
+@pytest.fixture(scope="module")
+def memhv_agent(tmp_path_factory, plane, test_plugin_dir, agent):
+    """A second compute host whose guests outlive the agent (memhv); the first one is
+    disabled meanwhile so the scheduler places on this one."""
+    a = mapped(plane, nova_agent(tmp_path_factory.mktemp("nova-memhv"), plane, plugin_dir=test_plugin_dir,
+                                 hypervisor="memhv").start())
+    svc = [s for s in req("GET", "/os-services?binary=nova-compute")[1]["services"] if s["host"] == agent.host][0]
+    assert req("PUT", f"/os-services/{svc['id']}", {"status": "disabled", "disabled_reason": "restart test"})[0] == 200
+    # nova-api told the disabled agent (set_host_enabled): its provider carries the trait
+    # the scheduler excludes.
+    node = (agent.state / "nova-compute-node-uuid").read_text().strip()
+    assert wait(lambda: "COMPUTE_STATUS_DISABLED" in placement(f"/resource_providers/{node}/traits")[1]["traits"], timeout=20)
+    yield a
+    req("PUT", f"/os-services/{svc['id']}", {"status": "enabled"})
     a.stop()
 
 
@@ -235,10 +259,14 @@ def test_a_server_lives_its_whole_life_through_the_nova_api(plane, agent, flavor
 
 
 def test_a_failing_build_ends_in_error_with_its_fault_and_no_allocation(plane, agent, flavor):
-    bad = upload_image(os.urandom(65536), disk_format="qcow2", name="not-a-qcow2")
+    # An image whose stored bytes no longer match glance's checksum: the image plugin
+    # must refuse it, and nova must hear why.
+    bad = upload_image(os.urandom(65536), name="corrupted")
+    (plane / "state" / "images" / bad).write_bytes(os.urandom(65536))
     sid = boot("vm-bad", bad, flavor)
     s = settle(sid, "ERROR")
-    assert s["status"] == "ERROR" and s["fault"]["code"] == 500 and s["fault"]["message"], s
+    assert s["status"] == "ERROR" and s["fault"]["code"] == 500, s
+    assert "checksum" in s["fault"]["message"].lower(), s["fault"]
     assert placement(f"/allocations/{sid}")[1]["allocations"] == {}, "a failed build kept its allocation"
     actions = req("GET", f"/servers/{sid}/os-instance-actions")[1]["instanceActions"]
     detail = req("GET", f"/servers/{sid}/os-instance-actions/{actions[0]['request_id']}")[1]["instanceAction"]
@@ -248,9 +276,11 @@ def test_a_failing_build_ends_in_error_with_its_fault_and_no_allocation(plane, a
 
 
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
-def test_a_restart_keeps_the_service_the_node_and_the_instances(plane, agent, flavor, image, how):
+def test_a_restart_keeps_the_service_the_node_and_the_instances(plane, memhv_agent, flavor, image, how):
+    agent = memhv_agent
     sid = boot(f"vm-restart-{how.lower()}", image, flavor)
-    assert settle(sid, "ACTIVE")["status"] == "ACTIVE"
+    s = settle(sid, "ACTIVE")
+    assert s["status"] == "ACTIVE" and s["OS-EXT-SRV-ATTR:host"] == agent.host, s
     q = "select id, report_count from services where host=? and binary='nova-compute' and deleted=0"
     (service_id, count), = db(plane, "nova.sqlite", q, agent.host)
     nodes = db(plane, "nova.sqlite", "select id, uuid from compute_nodes where host=? and deleted=0", agent.host)
