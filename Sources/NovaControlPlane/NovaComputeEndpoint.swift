@@ -19,8 +19,18 @@ public final class NovaComputeEndpoint: RPCEndpoint {
         "pause_instance": "pause_instance", "unpause_instance": "unpause_instance",
         "suspend_instance": "suspend_instance", "resume_instance": "resume_instance",
     ]
+    /// nova casts on one instance that this dialect does not run yet: the instance gets
+    /// its task state back, a fault saying so, and the action's event fails — rather than
+    /// a task state that never clears.
+    static let notImplemented: Set<String> = [
+        "rebuild_instance", "resize_instance", "prep_resize", "finish_resize", "confirm_resize", "revert_resize",
+        "snapshot_instance", "backup_instance", "rescue_instance", "unrescue_instance", "shelve_instance",
+        "shelve_offload_instance", "unshelve_instance", "soft_delete_instance", "restore_instance",
+        "trigger_crash_dump", "inject_network_info", "reset_network", "change_instance_metadata",
+    ]
     static let methods: Set<String> = Set(lifecycle.keys).union(["build_and_run_instance", "terminate_instance",
                                                                  "get_host_uptime", "get_console_output", "set_host_enabled"])
+        .union(notImplemented)
 
     let plane: NovaControlPlane
     let manager: ComputeManager
@@ -60,6 +70,7 @@ public final class NovaComputeEndpoint: RPCEndpoint {
             if let t = request.args["tail_length"] { args["tail_length"] = t }
             return try await native("get_console_output", args, request)
         case "build_and_run_instance": return try await build(request)
+        case let m where Self.notImplemented.contains(m): return try await refuse(request)
         case "terminate_instance": return try await terminate(request)
         default: return try await action(request)
         }
@@ -173,6 +184,7 @@ public final class NovaComputeEndpoint: RPCEndpoint {
             }
             try await save(&t, ["power_state": built["power_state"] ?? 1, "vm_state": "active", "task_state": .null,
                                 "launched_at": .string(novaTimestamp())], expected: "spawning", ctx)
+            await plane.schedulerInstanceInfo(t.object.primitive, context: ctx)
             await eventFinish(t.uuid, event, error: nil, ctx)
             logger.info("nova: instance built", metadata: ["instance_uuid": "\(t.uuid)"])
             return .null
@@ -260,6 +272,24 @@ public final class NovaComputeEndpoint: RPCEndpoint {
         }
     }
 
+    /// A cast this dialect does not run: reported as nova reports a failed action.
+    func refuse(_ request: RPCRequest) async throws -> JSONValue {
+        var t = try instanceObject(request)
+        let ctx = request.context
+        let event = "compute_\(request.method)"
+        let why = "compute-agent does not run \(request.method) in the nova dialect yet (docs/nova-dropin.md)"
+        logger.error("nova: \(why)", metadata: ["instance_uuid": "\(t.uuid)"])
+        do { try await eventStart(t.uuid, event, ctx) } catch {
+            logger.warning("nova: event_start \(event) of \(t.uuid) failed: \(error)")
+        }
+        do { try await save(&t, ["task_state": .null], expected: nil, ctx) } catch {
+            logger.warning("nova: could not revert the task state of \(t.uuid): \(error)")
+        }
+        await fault(t.uuid, why, ctx)
+        await eventFinish(t.uuid, event, error: why, ctx)
+        return .null
+    }
+
     // MARK: - terminate_instance (5.4)
 
     func terminate(_ request: RPCRequest) async throws -> JSONValue {
@@ -276,6 +306,7 @@ public final class NovaComputeEndpoint: RPCEndpoint {
             try await save(&t, ["power_state": 0, "vm_state": "deleted", "task_state": .null,
                                 "terminated_at": .string(novaTimestamp())], expected: nil, ctx)
             await plane.deleteAllocation(t.uuid)
+            await plane.schedulerInstanceDeleted(t.uuid, context: ctx)
             try await conductor.objectAction(&t.object, "destroy", context: ctx)
             await eventFinish(t.uuid, event, error: nil, ctx)
             return .null

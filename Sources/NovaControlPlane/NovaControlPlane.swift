@@ -64,6 +64,8 @@ public final class NovaControlPlane: ControlPlane {
         /// What placement and the ComputeNode last got, to send only changes.
         var inventory: JSONValue?
         var usage: [String: JSONValue] = [:]
+        /// nova's first sync_instance_info comes 120 s after start.
+        var lastSchedulerSync = monotonicSeconds()
     }
 
     let state = Mutex(State())
@@ -160,6 +162,112 @@ public final class NovaControlPlane: ControlPlane {
         }
         try await ensureProvider(uuid: uuid, caps: caps)
         try await saveUsage(caps, context: ctx)
+        await reconcileInstances(context: ctx)
+    }
+
+    /// nova's `init_host`, against the agent's journal: a guest the agent has whose
+    /// instance nova no longer places here (deleted by nova-api while the agent was down)
+    /// is removed; an instance the journal shows in ERROR (its domain vanished) or in
+    /// another power state than nova's gets that state saved; an instance nova places
+    /// here that the agent does not know is named in the log.
+    func reconcileInstances(context ctx: [String: JSONValue]) async {
+        let listed: JSONValue
+        do {
+            listed = try await conductor.classAction("InstanceList", "get_by_host", args: [.string(settings.host)],
+                                                     kwargs: ["expected_attrs": .array([])], context: ctx)
+        } catch {
+            logger.warning("nova: cannot list this host's instances for reconciliation: \(error)")
+            return
+        }
+        guard let list = NovaObject(primitive: listed) else { return }
+        var nova: [String: NovaObject] = [:]
+        for item in list["objects"]?.arrayValue ?? [] {
+            if let o = NovaObject(primitive: item), let id = o["uuid"]?.stringValue { nova[id.lowercased()] = o }
+        }
+        let local: [JSONValue]
+        do {
+            local = try await manager.handle(RPCRequest(method: "list_instances"), delivery: .none).arrayValue ?? []
+        } catch { return }
+        var removed = 0, updated = 0
+        for record in local {
+            guard let id = record["uuid"]?.stringValue, record["vm_state"]?.stringValue != "deleted" else { continue }
+            guard var instance = nova[id] else {
+                // Deleted in nova while this agent was away (nova-api deletes locally when
+                // the service is down): nothing may keep running for it.
+                do {
+                    _ = try await manager.handle(RPCRequest(method: "terminate_instance", args: ["instance_uuid": .string(id)],
+                                                            uniqueID: "nova-reconcile-\(id)", context: ["is_admin": true]),
+                                                 delivery: .none)
+                    removed += 1
+                    logger.warning("nova: removed instance \(id): nova no longer places it on this host")
+                } catch {
+                    logger.error("nova: could not remove instance \(id), which nova no longer places here: \(error)")
+                }
+                continue
+            }
+            guard instance["task_state"]?.isNull ?? true else { continue }
+            var values: [String: JSONValue] = [:]
+            if let p = record["power_state"], p != instance["power_state"] { values["power_state"] = p }
+            if record["vm_state"]?.stringValue == "error", instance["vm_state"]?.stringValue != "error" { values["vm_state"] = "error" }
+            guard !values.isEmpty else { continue }
+            for (k, v) in values { instance.set(k, v) }
+            instance.changes = Set(values.keys)
+            do {
+                try await conductor.objectAction(&instance, "save", context: ctx)
+                updated += 1
+                logger.warning("nova: instance \(id) updated from the host at start-up", metadata: [
+                    "power_state": "\(values["power_state"]?.intValue.map(String.init) ?? "-")",
+                    "vm_state": "\(values["vm_state"]?.stringValue ?? "-")",
+                ])
+            } catch {
+                logger.warning("nova: could not save instance \(id) at start-up: \(error)")
+            }
+        }
+        let known = Set(local.compactMap { $0["uuid"]?.stringValue })
+        for id in nova.keys where !known.contains(id) {
+            logger.warning("nova: instance \(id) is placed on this host but the agent has no record of it")
+        }
+        logger.info("nova: instances reconciled", metadata: [
+            "nova": "\(nova.count)", "agent": "\(local.count)", "removed": "\(removed)", "updated": "\(updated)",
+        ])
+    }
+
+    // MARK: - The scheduler's instance view (nova-dropin.md 4.3)
+
+    /// `update_instance_info` to every scheduler after a build.
+    func schedulerInstanceInfo(_ instance: JSONValue, context: [String: JSONValue]) async {
+        let list = NovaObject(name: "InstanceList", version: "2.6", data: ["objects": .array([instance])])
+        do {
+            try await client.fanoutCast(topic: "scheduler", method: "update_instance_info",
+                                        args: ["host_name": .string(settings.host), "instance_info": list.primitive],
+                                        version: "4.2", context: context)
+        } catch { logger.warning("nova: update_instance_info not sent: \(error)") }
+    }
+
+    /// `delete_instance_info` to every scheduler when an instance goes.
+    func schedulerInstanceDeleted(_ uuid: String, context: [String: JSONValue]) async {
+        do {
+            try await client.fanoutCast(topic: "scheduler", method: "delete_instance_info",
+                                        args: ["host_name": .string(settings.host), "instance_uuid": .string(uuid)],
+                                        version: "4.2", context: context)
+        } catch { logger.warning("nova: delete_instance_info not sent: \(error)") }
+    }
+
+    /// `sync_instance_info` (nova: every 120 s) with the uuids of the host's instances.
+    func schedulerSync() async {
+        let now = monotonicSeconds()
+        guard state.withLock({ s -> Bool in
+            guard now - s.lastSchedulerSync >= 120 else { return false }
+            s.lastSchedulerSync = now
+            return true
+        }) else { return }
+        guard let local = try? await manager.handle(RPCRequest(method: "list_instances"), delivery: .none).arrayValue else { return }
+        let uuids = local.filter { $0["vm_state"]?.stringValue != "deleted" }.compactMap { $0["uuid"] }
+        do {
+            try await client.fanoutCast(topic: "scheduler", method: "sync_instance_info",
+                                        args: ["host_name": .string(settings.host), "instance_uuids": .array(uuids)],
+                                        version: "4.2", context: Conductor.adminContext())
+        } catch { logger.warning("nova: sync_instance_info not sent: \(error)") }
     }
 
     /// The node uuid in `<state_path>/nova-compute-node-uuid`, made once (nova keeps
@@ -369,6 +477,7 @@ public final class NovaControlPlane: ControlPlane {
         guard isRegistered else { return }
         let ctx = Conductor.adminContext()
         try await saveUsage(capabilities, context: ctx)
+        await schedulerSync()
         let want = JSONValue.object(inventory(capabilities))
         if state.withLock({ $0.inventory }) != want {
             var generation = 0

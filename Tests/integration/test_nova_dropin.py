@@ -275,6 +275,21 @@ def test_a_failing_build_ends_in_error_with_its_fault_and_no_allocation(plane, a
     assert wait(lambda: server(sid) is None, timeout=60)
 
 
+def test_an_action_the_dialect_does_not_run_fails_cleanly_instead_of_hanging(plane, agent, flavor, image):
+    sid = boot("vm-rescue", image, flavor)
+    assert settle(sid, "ACTIVE")["status"] == "ACTIVE"
+    code, b = req("POST", f"/servers/{sid}/action", {"rescue": None})
+    assert code == 200, b
+    s = settle(sid, "ACTIVE")
+    assert s["status"] == "ACTIVE" and s["OS-EXT-STS:task_state"] is None, s
+    actions = req("GET", f"/servers/{sid}/os-instance-actions")[1]["instanceActions"]
+    rescue = [a for a in actions if a["action"] == "rescue"][0]
+    detail = req("GET", f"/servers/{sid}/os-instance-actions/{rescue['request_id']}")[1]["instanceAction"]
+    assert [(e["event"], e["result"]) for e in detail["events"]] == [("compute_rescue_instance", "Error")]
+    assert req("DELETE", f"/servers/{sid}")[0] == 204
+    assert wait(lambda: server(sid) is None, timeout=60)
+
+
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
 def test_a_restart_keeps_the_service_the_node_and_the_instances(plane, memhv_agent, flavor, image, how):
     agent = memhv_agent
@@ -303,3 +318,29 @@ def test_a_restart_keeps_the_service_the_node_and_the_instances(plane, memhv_age
     assert req("DELETE", f"/servers/{sid}")[0] == 204
     assert wait(lambda: server(sid) is None, timeout=60)
     assert placement(f"/allocations/{sid}")[1]["allocations"] == {}
+
+
+def test_a_queued_cast_and_a_local_delete_while_the_agent_is_down_are_both_honoured(plane, memhv_agent, flavor, image):
+    """While the agent is down, a stop waits in compute.<host> and runs when it returns;
+    a server nova-api deleted on its own (service forced down) has its guest removed by
+    the agent's start-up reconciliation (nova's init_host)."""
+    agent = memhv_agent
+    kept, gone = boot("vm-kept", image, flavor), boot("vm-gone", image, flavor)
+    for sid in (kept, gone):
+        assert settle(sid, "ACTIVE")["OS-EXT-SRV-ATTR:host"] == agent.host
+    domains = agent.tmp / "domains"
+    assert gone in domains.read_text() and kept in domains.read_text()
+    agent.kill()
+    svc = [s for s in req("GET", "/os-services?binary=nova-compute")[1]["services"] if s["host"] == agent.host][0]
+    assert req("POST", f"/servers/{kept}/action", {"os-stop": None})[0] == 202
+    assert req("PUT", f"/os-services/{svc['id']}", {"forced_down": True})[0] == 200
+    assert req("DELETE", f"/servers/{gone}")[0] == 204
+    assert wait(lambda: server(gone) is None, timeout=30), "nova-api did not delete locally"
+    assert req("PUT", f"/os-services/{svc['id']}", {"forced_down": False})[0] == 200
+    agent.start()
+    assert settle(kept, "SHUTOFF")["OS-EXT-STS:power_state"] == 4
+    assert wait(lambda: gone not in domains.read_text(), timeout=20), "the deleted server's guest still runs"
+    assert f"removed instance {gone}: nova no longer places it on this host" in agent.text()[agent.mark:]
+    assert kept in domains.read_text()
+    assert req("DELETE", f"/servers/{kept}")[0] == 204
+    assert wait(lambda: server(kept) is None, timeout=60)

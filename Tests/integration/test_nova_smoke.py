@@ -1,0 +1,48 @@
+"""The control-plane kit's own acceptance run (../shared/reference/nova-control-plane/
+ci_smoke.sh) with the agent as the compute: fresh databases, the real nova 34 services,
+and `drive.py`'s ten steps (create, stop, start, reboot soft and hard, pause, unpause,
+suspend, resume, delete) — checklist row 18 of nova-dropin.md. Runs after
+test_nova_dropin.py has stopped its control plane (same ports)."""
+import os
+import pathlib
+import shutil
+import subprocess
+
+from conftest import AGENT, BUILD, ROOT
+
+
+def test_the_kits_ci_smoke_passes_with_the_agent_as_nova_compute(tmp_path):
+    subprocess.run(["bash", str(ROOT / "scripts" / "nova-control-plane.sh"), "install"], check=True, capture_output=True)
+    shared = ROOT.parent / "shared"
+    ref = (shared if shared.is_dir() else pathlib.Path("/work/shared")) / "reference" / "nova-control-plane"
+    kit = tmp_path / "kit"
+    shutil.copytree(ref, kit)
+    for p in [kit, *kit.rglob("*")]:
+        p.chmod(p.stat().st_mode | 0o200)
+    state = tmp_path / "agent-state"
+    conf = tmp_path / "agent.conf"
+    conf.write_text(f"""[DEFAULT]
+control_plane = nova
+state_path = {state}
+plugin_dir = {BUILD}
+compute_driver = libvirt
+image_fetcher = glance
+
+[libvirt]
+connection_uri = test:///default
+
+[glance]
+api_servers = http://127.0.0.1:9292
+cache_dir = {state}/_base
+""")
+    # ci_smoke.sh runs the command from its ci-run/ folder, where nova's files are.
+    cmd = f"{AGENT} --config-file nova.conf --config-file nova-services.conf --config-file {conf}"
+    env = {**os.environ, "COMPUTE_CMD": cmd, "NOVA_VENV": "/var/lib/compute-agent-test/nova-venv",
+           "GLANCE_VENV": "/var/lib/compute-agent-test/glance-venv", "PYTHONWARNINGS": "ignore"}
+    p = subprocess.run(["sh", str(kit / "ci_smoke.sh")], capture_output=True, text=True, timeout=600, env=env, cwd=kit)
+    out = p.stdout + p.stderr
+    log = (kit / "ci-run" / "log" / "compute.out")
+    print(out[-2000:])
+    assert p.returncode == 0, out[-3000:] + "\n--- agent ---\n" + (log.read_text()[-3000:] if log.exists() else "")
+    assert "all 10 steps reached their target state" in out
+    assert "nova: instance built" in log.read_text()
