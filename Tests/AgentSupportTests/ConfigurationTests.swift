@@ -101,8 +101,18 @@ import Testing
 
     @Test func crlfFilesAreReadLineByLine() throws {
         let ini = try IniFile(path: "x.conf", text: "[DEFAULT]\r\nhost = h1\r\nreport_interval = 5\r\n")
-        #expect(ini.sections["DEFAULT"]?["host"] == IniFile.Entry(value: "h1", line: 2))
+        #expect(ini.sections["DEFAULT"]?["host"] == IniFile.Entry(value: "h1", line: 2, file: "x.conf"))
         #expect(ini.sections["DEFAULT"]?["report_interval"]?.line == 3)
+    }
+
+    @Test func laterFilesOverrideEarlierOnesOptionByOption() throws {
+        let nova = try IniFile(path: "nova.conf", text: "[DEFAULT]\nhost = n\nreport_interval = 10\n[placement]\nendpoint = http://p\n")
+        let mine = try IniFile(path: "agent.conf", text: "[DEFAULT]\nreport_interval = 2\n[libvirt]\nconnection_uri = x\n")
+        let merged = nova.overlaid(with: mine)
+        #expect(merged.sections["DEFAULT"]?["host"] == IniFile.Entry(value: "n", line: 2, file: "nova.conf"))
+        #expect(merged.sections["DEFAULT"]?["report_interval"] == IniFile.Entry(value: "2", line: 2, file: "agent.conf"))
+        #expect(merged.sections["placement"]?["endpoint"]?.file == "nova.conf")
+        #expect(merged.sectionFiles["libvirt"] == "agent.conf")
     }
 
     @Test(arguments: ["0x10", "1e3", "nan", "inf", "", "+", "1.2.3", "5s"])
