@@ -211,8 +211,17 @@ final class GlanceImageFetcher: @unchecked Sendable {
                 lastError = PluginFailure(CA_ERR_UNAVAILABLE, "the image service at \(server) is unreachable: \(error.message)")
                 continue
             }
-            guard created.status == 201, let image = try? JSONValue.parse(created.body), let id = image["id"]?.stringValue else {
-                throw PluginFailure(CA_ERR_FAILED, "the image service refused the snapshot's record (\(created.status)): \(created.body.prefix(200))")
+            var id: String
+            if created.status == 409, let given = record["id"]?.stringValue {
+                // The control plane made the record already (nova-api creates the
+                // snapshot's image before it casts snapshot_instance): fill it in.
+                id = given
+                try prepareQueued(id, server: server, headers: headers)
+            } else {
+                guard created.status == 201, let image = try? JSONValue.parse(created.body), let made = image["id"]?.stringValue else {
+                    throw PluginFailure(CA_ERR_FAILED, "the image service refused the snapshot's record (\(created.status)): \(created.body.prefix(200))")
+                }
+                id = made
             }
             do {
                 let put = try http.putFile("\(server)/v2/images/\(id)/file", path: standalone, headers: headers)
@@ -233,6 +242,26 @@ final class GlanceImageFetcher: @unchecked Sendable {
             return .object(out)
         }
         throw lastError
+    }
+
+    /// An existing record that is still `queued` gets the formats the data will have (a
+    /// JSON patch, as nova's libvirt driver sets them before uploading).
+    private func prepareQueued(_ id: String, server: String, headers: [String]) throws(PluginFailure) {
+        let existing = try imageRecord(id, server: server, headers: headers)
+        guard existing["status"]?.stringValue == "queued" else {
+            throw PluginFailure(CA_ERR_INVALID_STATE, "image \(id) exists and is \(existing["status"]?.stringValue ?? "?"), not queued: it cannot take the snapshot")
+        }
+        var ops: [JSONValue] = []
+        for (field, value) in [("disk_format", "qcow2"), ("container_format", "bare")] where existing[field]?.stringValue != value {
+            ops.append(.object(["op": "replace", "path": .string("/\(field)"), "value": .string(value)]))
+        }
+        guard !ops.isEmpty else { return }
+        let r: HTTP.Response
+        do {
+            r = try http.request("PATCH", "\(server)/v2/images/\(id)", headers: headers, body: JSONValue.array(ops).serialized(),
+                                 contentType: "application/openstack-images-v2.1-json-patch")
+        } catch { throw PluginFailure(CA_ERR_UNAVAILABLE, "updating image \(id) failed: \(error.message)") }
+        guard r.status == 200 else { throw PluginFailure(CA_ERR_FAILED, "updating image \(id) answered \(r.status): \(r.body.prefix(200))") }
     }
 
     /// Deletes a record whose data could not be uploaded (best effort; logged).

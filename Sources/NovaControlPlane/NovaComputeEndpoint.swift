@@ -18,13 +18,15 @@ public final class NovaComputeEndpoint: RPCEndpoint {
         "stop_instance": "stop_instance", "start_instance": "start_instance", "reboot_instance": "reboot_instance",
         "pause_instance": "pause_instance", "unpause_instance": "unpause_instance",
         "suspend_instance": "suspend_instance", "resume_instance": "resume_instance",
+        "rescue_instance": "rescue_instance", "unrescue_instance": "unrescue_instance",
+        "snapshot_instance": "snapshot_instance",
     ]
     /// nova casts on one instance that this dialect does not run yet: the instance gets
     /// its task state back, a fault saying so, and the action's event fails — rather than
     /// a task state that never clears.
     static let notImplemented: Set<String> = [
         "rebuild_instance", "resize_instance", "prep_resize", "finish_resize", "confirm_resize", "revert_resize",
-        "snapshot_instance", "backup_instance", "rescue_instance", "unrescue_instance", "shelve_instance",
+        "backup_instance", "shelve_instance",
         "shelve_offload_instance", "unshelve_instance", "soft_delete_instance", "restore_instance",
         "trigger_crash_dump", "inject_network_info", "reset_network", "change_instance_metadata",
     ]
@@ -245,6 +247,24 @@ public final class NovaComputeEndpoint: RPCEndpoint {
                 meta["old_vm_state"] = t.object["vm_state"] ?? "active"
                 final["system_metadata"] = .object(meta)
                 expected = "suspending"
+            case "rescue_instance":
+                if let ref = request.args["rescue_image_ref"]?.stringValue, !ref.isEmpty { args["rescue_image_ref"] = .string(ref) }
+                final["vm_state"] = "rescued"
+                expected = "rescuing"
+            case "unrescue_instance":
+                final["vm_state"] = "active"
+                expected = "unrescuing"
+            case "snapshot_instance":
+                // nova-api made the image record and set image_snapshot; the steps and
+                // their expected states are nova-compute's.
+                guard let image = request.args["image_id"]?.stringValue else {
+                    throw RemoteFailure(className: "InvalidInput", module: "nova.exception", message: "snapshot_instance needs image_id")
+                }
+                args["image_id"] = .string(image)
+                if let name = request.args["image"]?["name"]?.stringValue { args["image_name"] = .string(name) }
+                try await save(&t, ["task_state": "image_pending_upload"], expected: "image_snapshot", ctx)
+                try await save(&t, ["task_state": "image_uploading"], expected: "image_pending_upload", ctx)
+                expected = "image_uploading"
             case "resume_instance":
                 var meta = t.object["system_metadata"]?.objectValue ?? [:]
                 final["vm_state"] = meta.removeValue(forKey: "old_vm_state") ?? "active"
@@ -254,7 +274,7 @@ public final class NovaComputeEndpoint: RPCEndpoint {
                 throw RemoteFailure.noSuchMethod(method)
             }
             let after = try await native(Self.lifecycle[method]!, args, request)
-            final["power_state"] = after["power_state"] ?? .null
+            if method != "snapshot_instance" { final["power_state"] = after["power_state"] ?? .null }
             try await save(&t, final, expected: expected, ctx)
             await eventFinish(t.uuid, event, error: nil, ctx)
             return .null

@@ -275,17 +275,37 @@ def test_a_failing_build_ends_in_error_with_its_fault_and_no_allocation(plane, a
     assert wait(lambda: server(sid) is None, timeout=60)
 
 
-def test_an_action_the_dialect_does_not_run_fails_cleanly_instead_of_hanging(plane, agent, flavor, image):
+def test_rescue_unrescue_and_a_snapshot_into_the_image_nova_made(plane, agent, flavor, image):
     sid = boot("vm-rescue", image, flavor)
     assert settle(sid, "ACTIVE")["status"] == "ACTIVE"
     code, b = req("POST", f"/servers/{sid}/action", {"rescue": None})
     assert code == 200, b
+    assert settle(sid, "RESCUE")["status"] == "RESCUE"
+    act(sid, {"unrescue": None}, "ACTIVE")
+    code, b = req("POST", f"/servers/{sid}/action", {"createImage": {"name": "snap-of-vm-rescue"}})
+    assert code == 202, b
+    snap = b["image_id"]
+    assert settle(sid, "ACTIVE")["status"] == "ACTIVE"
+    with urllib.request.urlopen(f"{GLANCE}/v2/images/{snap}", timeout=30) as r:
+        record = json.loads(r.read())
+    assert record["status"] == "active" and record["disk_format"] == "qcow2" and record["size"] > 0, record
+    actions = {a["action"] for a in req("GET", f"/servers/{sid}/os-instance-actions")[1]["instanceActions"]}
+    assert {"rescue", "unrescue", "createImage"} <= actions, actions
+    assert req("DELETE", f"/servers/{sid}")[0] == 204
+    assert wait(lambda: server(sid) is None, timeout=60)
+
+
+def test_an_action_the_dialect_does_not_run_fails_cleanly_instead_of_hanging(plane, agent, flavor, image):
+    sid = boot("vm-shelve", image, flavor)
+    assert settle(sid, "ACTIVE")["status"] == "ACTIVE"
+    code, b = req("POST", f"/servers/{sid}/action", {"shelve": None})
+    assert code == 202, b
     s = settle(sid, "ACTIVE")
     assert s["status"] == "ACTIVE" and s["OS-EXT-STS:task_state"] is None, s
     actions = req("GET", f"/servers/{sid}/os-instance-actions")[1]["instanceActions"]
-    rescue = [a for a in actions if a["action"] == "rescue"][0]
-    detail = req("GET", f"/servers/{sid}/os-instance-actions/{rescue['request_id']}")[1]["instanceAction"]
-    assert [(e["event"], e["result"]) for e in detail["events"]] == [("compute_rescue_instance", "Error")]
+    shelve = [a for a in actions if a["action"] == "shelve"][0]
+    detail = req("GET", f"/servers/{sid}/os-instance-actions/{shelve['request_id']}")[1]["instanceAction"]
+    assert [(e["event"], e["result"]) for e in detail["events"]] == [("compute_shelve_instance", "Error")]
     assert req("DELETE", f"/servers/{sid}")[0] == 204
     assert wait(lambda: server(sid) is None, timeout=60)
 
