@@ -238,7 +238,14 @@ let endpoint: RPCEndpoint
 var topics = ["compute"]
 if novaDialect {
     let nova: NovaControlPlane
-    do { nova = try NovaControlPlane(configuration: config, client: notifier, manager: manager, logger: logger) } catch {
+    var handlerOptions = notifierOptions
+    handlerOptions.connectionName = "compute-agent:conductor:\(config.host)"
+    handlerOptions.threadName = "amqp-conductor"
+    let handlerClient = RPCClient(options: handlerOptions, onConnectionEvent: connectionLogger("conductor"))
+    do {
+        nova = try NovaControlPlane(configuration: config, client: notifier, handlerClient: handlerClient, manager: manager,
+                                    logger: logger)
+    } catch {
         fail(2, "configuration error: \(error)")
     }
     controlPlane = nova

@@ -55,7 +55,8 @@ public final class NovaComputeEndpoint: RPCEndpoint {
         NovaObject(primitive: request.args["instance"] ?? .null)?["uuid"]?.stringValue
     }
 
-    var conductor: Conductor { plane.conductor }
+    /// The handlers' own conductor connection (the heartbeat's stays free).
+    var conductor: Conductor { plane.handlerConductor }
 
     public func handle(_ request: RPCRequest, delivery: DeliveryAcknowledger) async throws -> JSONValue {
         switch request.method {

@@ -53,6 +53,10 @@ public final class NovaControlPlane: ControlPlane {
     let settings: Settings
     let client: RPCClient
     let conductor: Conductor
+    /// The RPC handlers' own connection to the conductor, so that the heartbeat's lane
+    /// never carries a handler's calls.
+    let handlerClient: RPCClient
+    let handlerConductor: Conductor
     let placement: PlacementClient
     let manager: ComputeManager
     let logger: Logger
@@ -71,11 +75,14 @@ public final class NovaControlPlane: ControlPlane {
     let state = Mutex(State())
     private let registeredFlag = Atomic<Bool>(false)
 
-    /// `client` must accept replies (conductor calls) and should confirm publishes.
-    public init(settings: Settings, client: RPCClient, manager: ComputeManager, logger: Logger) {
+    /// `client` (heartbeat, registration, periodic work) and `handlerClient` (the RPC
+    /// handlers' conductor calls) must accept replies and should confirm publishes.
+    public init(settings: Settings, client: RPCClient, handlerClient: RPCClient, manager: ComputeManager, logger: Logger) {
         self.settings = settings
         self.client = client
         self.conductor = Conductor(client: client, timeout: settings.callTimeout)
+        self.handlerClient = handlerClient
+        self.handlerConductor = Conductor(client: handlerClient, timeout: settings.callTimeout)
         self.placement = PlacementClient(endpoint: settings.placementEndpoint, token: settings.placementToken)
         self.manager = manager
         self.logger = logger
@@ -93,6 +100,7 @@ public final class NovaControlPlane: ControlPlane {
 
     public func start() async {
         await client.start()
+        await handlerClient.start()
         var attempt = 0
         while !Task.isCancelled {
             do {
@@ -107,7 +115,10 @@ public final class NovaControlPlane: ControlPlane {
         }
     }
 
-    public func stop() async { await client.stop() }
+    public func stop() async {
+        await handlerClient.stop()
+        await client.stop()
+    }
 
     // MARK: - Registration (nova-dropin.md 3)
 
@@ -238,7 +249,7 @@ public final class NovaControlPlane: ControlPlane {
     func schedulerInstanceInfo(_ instance: JSONValue, context: [String: JSONValue]) async {
         let list = NovaObject(name: "InstanceList", version: "2.6", data: ["objects": .array([instance])])
         do {
-            try await client.fanoutCast(topic: "scheduler", method: "update_instance_info",
+            try await handlerClient.fanoutCast(topic: "scheduler", method: "update_instance_info",
                                         args: ["host_name": .string(settings.host), "instance_info": list.primitive],
                                         version: "4.2", context: context)
         } catch { logger.warning("nova: update_instance_info not sent: \(error)") }
@@ -247,7 +258,7 @@ public final class NovaControlPlane: ControlPlane {
     /// `delete_instance_info` to every scheduler when an instance goes.
     func schedulerInstanceDeleted(_ uuid: String, context: [String: JSONValue]) async {
         do {
-            try await client.fanoutCast(topic: "scheduler", method: "delete_instance_info",
+            try await handlerClient.fanoutCast(topic: "scheduler", method: "delete_instance_info",
                                         args: ["host_name": .string(settings.host), "instance_uuid": .string(uuid)],
                                         version: "4.2", context: context)
         } catch { logger.warning("nova: delete_instance_info not sent: \(error)") }
@@ -526,8 +537,8 @@ extension String {
 extension NovaControlPlane {
     /// Reads what the nova dialect needs from the agent's configuration (nova's own
     /// `[placement]` section among it). Throws a ConfigError naming what is missing.
-    public convenience init(configuration c: AgentConfiguration, client: RPCClient, manager: ComputeManager,
-                            logger: Logger) throws(ConfigError)
+    public convenience init(configuration c: AgentConfiguration, client: RPCClient, handlerClient: RPCClient,
+                            manager: ComputeManager, logger: Logger) throws(ConfigError)
     {
         let placement = c.novaSections["placement"] ?? [:]
         let endpoint = try Self.placementEndpoint(c)
@@ -537,7 +548,7 @@ extension NovaControlPlane {
             reservedHostDiskMB: c.reservedHostDiskMB, cpuAllocationRatio: c.cpuAllocationRatio,
             ramAllocationRatio: c.ramAllocationRatio, diskAllocationRatio: c.diskAllocationRatio,
             callTimeout: c.rpcResponseTimeout)
-        self.init(settings: settings, client: client, manager: manager, logger: logger)
+        self.init(settings: settings, client: client, handlerClient: handlerClient, manager: manager, logger: logger)
     }
 }
 
