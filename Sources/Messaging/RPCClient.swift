@@ -144,19 +144,30 @@ public final class RPCClient: Sendable {
         }
         defer { timer.cancel() }
         let expiration = String(Int(timeout * 1000))
-        let outcome: Result<JSONValue, RemoteFailure> = await withCheckedContinuation { c in
-            pending.register(id, c)
-            // Straight to the connection thread: the reply wakes this task, nothing else.
-            worker.submit({ conn throws(AMQPError) in
-                try conn.ensureExchange(exchange, type: "topic", durable: durable, autoDelete: false)
-                try conn.publish(exchange: exchange, routingKey: key, body: body, mandatory: false, expiration: expiration)
-            }, onFailure: { error in
-                pending.complete(id, .failure(RemoteFailure(className: "AMQPError", module: "compute_agent.messaging",
-                                                            message: error.message)))
-            })
+        // A cancelled caller (a shutdown) stops waiting at once; a late reply is dropped.
+        let cancelled = RemoteFailure(className: "Cancelled", module: "compute_agent.messaging.cancel", message: "cancelled")
+        let outcome: Result<JSONValue, RemoteFailure> = await withTaskCancellationHandler {
+            await withCheckedContinuation { c in
+                pending.register(id, c)
+                if Task.isCancelled {
+                    pending.complete(id, .failure(cancelled))
+                    return
+                }
+                // Straight to the connection thread: the reply wakes this task, nothing else.
+                worker.submit({ conn throws(AMQPError) in
+                    try conn.ensureExchange(exchange, type: "topic", durable: durable, autoDelete: false)
+                    try conn.publish(exchange: exchange, routingKey: key, body: body, mandatory: false, expiration: expiration)
+                }, onFailure: { error in
+                    pending.complete(id, .failure(RemoteFailure(className: "AMQPError", module: "compute_agent.messaging",
+                                                                message: error.message)))
+                })
+            }
+        } onCancel: {
+            pending.complete(id, .failure(cancelled))
         }
         switch outcome {
         case .success(let v): return v
+        case .failure(let f) where f == cancelled: throw CancellationError()
         case .failure(let f) where f.className == "MessagingTimeout" && f.module == "oslo_messaging.exceptions":
             throw Timeout(method: method, seconds: timeout)
         case .failure(let f) where f.module == "compute_agent.messaging":

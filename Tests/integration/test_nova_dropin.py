@@ -364,3 +364,17 @@ def test_a_queued_cast_and_a_local_delete_while_the_agent_is_down_are_both_honou
     assert kept in domains.read_text()
     assert req("DELETE", f"/servers/{kept}")[0] == 204
     assert wait(lambda: server(kept) is None, timeout=60)
+
+
+def test_sigterm_is_instant_while_the_conductor_does_not_answer(tmp_path):
+    """No control plane on the vhost: the registration call waits for a conductor that
+    never answers (rpc_response_timeout 60 s); a SIGTERM must not wait for it."""
+    a = Agent(tmp_path, extra_default="control_plane = nova\n[placement]\nendpoint = http://127.0.0.1:1\ntoken = admin")
+    a.start(wait_for="consuming")
+    time.sleep(1.5)
+    started = time.time()
+    a.proc.send_signal(signal.SIGTERM)
+    assert a.proc.wait(15) == 0
+    took = time.time() - started
+    print(f"SIGTERM while registering: exited in {took:.3f} s")
+    assert took < 2.0, took

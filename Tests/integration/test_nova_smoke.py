@@ -6,9 +6,23 @@ test_nova_dropin.py has stopped its control plane (same ports)."""
 import os
 import pathlib
 import shutil
+import signal
 import subprocess
 
 from conftest import AGENT, BUILD, ROOT
+
+
+def agents_running(conf):
+    """PIDs of agents started with this config file."""
+    pids = []
+    for d in pathlib.Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if str(conf).encode() in (d / "cmdline").read_bytes():
+                    pids.append(int(d.name))
+            except OSError:
+                pass
+    return pids
 
 
 def test_the_kits_ci_smoke_passes_with_the_agent_as_nova_compute(tmp_path):
@@ -36,10 +50,17 @@ api_servers = http://127.0.0.1:9292
 cache_dir = {state}/_base
 """)
     # ci_smoke.sh runs the command from its ci-run/ folder, where nova's files are.
-    cmd = f"{AGENT} --config-file nova.conf --config-file nova-services.conf --config-file {conf}"
+    # `exec`: the agent is the process ci_smoke.sh's stop_all.sh signals.
+    cmd = f"exec {AGENT} --config-file nova.conf --config-file nova-services.conf --config-file {conf}"
     env = {**os.environ, "COMPUTE_CMD": cmd, "NOVA_VENV": "/var/lib/compute-agent-test/nova-venv",
            "GLANCE_VENV": "/var/lib/compute-agent-test/glance-venv", "PYTHONWARNINGS": "ignore"}
-    p = subprocess.run(["sh", str(kit / "ci_smoke.sh")], capture_output=True, text=True, timeout=600, env=env, cwd=kit)
+    try:
+        p = subprocess.run(["sh", str(kit / "ci_smoke.sh")], capture_output=True, text=True, timeout=600, env=env, cwd=kit)
+    finally:
+        left = agents_running(conf)
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+    assert not left, f"stop_all.sh left the agent running: {left}"
     out = p.stdout + p.stderr
     log = (kit / "ci-run" / "log" / "compute.out")
     print(out[-2000:])
