@@ -247,7 +247,7 @@ final class GlanceImageFetcher: @unchecked Sendable {
     /// An existing record that is still `queued` gets the formats the data will have (a
     /// JSON patch, as nova's libvirt driver sets them before uploading).
     private func prepareQueued(_ id: String, server: String, headers: [String]) throws(PluginFailure) {
-        let existing = try imageRecord(id, server: server, headers: headers)
+        let existing = try imageRecord(id, server: server, headers: headers, anyStatus: true)
         guard existing["status"]?.stringValue == "queued" else {
             throw PluginFailure(CA_ERR_INVALID_STATE, "image \(id) exists and is \(existing["status"]?.stringValue ?? "?"), not queued: it cannot take the snapshot")
         }
@@ -406,7 +406,8 @@ final class GlanceImageFetcher: @unchecked Sendable {
         throw last
     }
 
-    private func imageRecord(_ id: String, server: String, headers: [String]) throws(PluginFailure) -> JSONValue {
+    /// The image's record; unless `anyStatus`, only an active image's (one that can be used).
+    private func imageRecord(_ id: String, server: String, headers: [String], anyStatus: Bool = false) throws(PluginFailure) -> JSONValue {
         let r: HTTP.Response
         do { r = try http.request("GET", "\(server)/v2/images/\(id)", headers: ["Accept: application/json"] + headers.dropFirst()) } catch {
             throw PluginFailure(CA_ERR_UNAVAILABLE, "the image service at \(server) is unreachable: \(error.message)")
@@ -422,7 +423,7 @@ final class GlanceImageFetcher: @unchecked Sendable {
             throw PluginFailure(CA_ERR_FAILED, "the image service sent an unreadable record for image \(id)")
         }
         let status = record["status"]?.stringValue ?? "unknown"
-        guard status == "active" else {
+        guard status == "active" || anyStatus else {
             throw PluginFailure(CA_ERR_INVALID_STATE, "image \(id) is \(status), not active: it cannot be used yet")
         }
         return record

@@ -256,13 +256,14 @@ public final class NovaComputeEndpoint: RPCEndpoint {
                 final["vm_state"] = "active"
                 expected = "unrescuing"
             case "snapshot_instance":
-                // nova-api made the image record and set image_snapshot; the steps and
-                // their expected states are nova-compute's.
+                // nova-api made the image record and set image_snapshot_pending; the
+                // steps and their expected states are nova-compute's.
                 guard let image = request.args["image_id"]?.stringValue else {
                     throw RemoteFailure(className: "InvalidInput", module: "nova.exception", message: "snapshot_instance needs image_id")
                 }
                 args["image_id"] = .string(image)
                 if let name = request.args["image"]?["name"]?.stringValue { args["image_name"] = .string(name) }
+                try await save(&t, ["task_state": "image_snapshot"], expected: "image_snapshot_pending", ctx)
                 try await save(&t, ["task_state": "image_pending_upload"], expected: "image_snapshot", ctx)
                 try await save(&t, ["task_state": "image_uploading"], expected: "image_pending_upload", ctx)
                 expected = "image_uploading"
