@@ -23,3 +23,5 @@ echo "== VIF plugs (linuxbridge plugin vs ip commands)"
 python3 Benchmarks/vifs.py
 echo "== metrics endpoint cost (drain and idle RSS with [metrics] listen on vs off)"
 python3 Benchmarks/metrics.py
+echo "== a rack on one broker (CA_BENCH_RACK agents, default 200, vs as many oslo.messaging anchors)"
+python3 Benchmarks/rack.py
