@@ -80,7 +80,10 @@ public final class NovaControlPlane: ControlPlane {
     public init(settings: Settings, client: RPCClient, handlerClient: RPCClient, manager: ComputeManager, logger: Logger) {
         self.settings = settings
         self.client = client
-        self.conductor = Conductor(client: client, timeout: settings.callTimeout)
+        // The agent's own calls (registration, heartbeat) wait at most 10 s: a conductor
+        // that is still starting drops the first calls (its queue does not exist yet), and
+        // nova-compute too probes it with 10 s calls rather than rpc_response_timeout.
+        self.conductor = Conductor(client: client, timeout: min(10, settings.callTimeout))
         self.handlerClient = handlerClient
         self.handlerConductor = Conductor(client: handlerClient, timeout: settings.callTimeout)
         self.placement = PlacementClient(endpoint: settings.placementEndpoint, token: settings.placementToken)

@@ -165,26 +165,31 @@ def mapped(plane, a):
 
 @pytest.fixture(scope="module")
 def agent(tmp_path_factory, plane):
-    a = mapped(plane, nova_agent(tmp_path_factory.mktemp("nova-agent"), plane).start())
-    yield a
-    a.stop()
+    a = nova_agent(tmp_path_factory.mktemp("nova-agent"), plane).start()
+    try:
+        mapped(plane, a)
+        yield a
+    finally:
+        a.stop()
 
 
 @pytest.fixture(scope="module")
 def memhv_agent(tmp_path_factory, plane, test_plugin_dir, agent):
     """A second compute host whose guests outlive the agent (memhv); the first one is
     disabled meanwhile so the scheduler places on this one."""
-    a = mapped(plane, nova_agent(tmp_path_factory.mktemp("nova-memhv"), plane, plugin_dir=test_plugin_dir,
-                                 hypervisor="memhv").start())
-    svc = [s for s in req("GET", "/os-services?binary=nova-compute")[1]["services"] if s["host"] == agent.host][0]
-    assert req("PUT", f"/os-services/{svc['id']}", {"status": "disabled", "disabled_reason": "restart test"})[0] == 200
-    # nova-api told the disabled agent (set_host_enabled): its provider carries the trait
-    # the scheduler excludes.
-    node = (agent.state / "nova-compute-node-uuid").read_text().strip()
-    assert wait(lambda: "COMPUTE_STATUS_DISABLED" in placement(f"/resource_providers/{node}/traits")[1]["traits"], timeout=20)
-    yield a
-    req("PUT", f"/os-services/{svc['id']}", {"status": "enabled"})
-    a.stop()
+    a = nova_agent(tmp_path_factory.mktemp("nova-memhv"), plane, plugin_dir=test_plugin_dir, hypervisor="memhv").start()
+    try:
+        mapped(plane, a)
+        svc = [s for s in req("GET", "/os-services?binary=nova-compute")[1]["services"] if s["host"] == agent.host][0]
+        assert req("PUT", f"/os-services/{svc['id']}", {"status": "disabled", "disabled_reason": "restart test"})[0] == 200
+        # nova-api told the disabled agent (set_host_enabled): its provider carries the
+        # trait the scheduler excludes.
+        node = (agent.state / "nova-compute-node-uuid").read_text().strip()
+        assert wait(lambda: "COMPUTE_STATUS_DISABLED" in placement(f"/resource_providers/{node}/traits")[1]["traits"], timeout=20)
+        yield a
+        req("PUT", f"/os-services/{svc['id']}", {"status": "enabled"})
+    finally:
+        a.stop()
 
 
 def test_registers_as_nova_compute_and_stays_up_with_its_provider(plane, agent):
