@@ -195,15 +195,9 @@ public final class NovaComputeEndpoint: RPCEndpoint {
             if Self.mustRequeue(error) { throw error }
             let why = Self.message(error)
             logger.error("nova: build of \(t.uuid) failed: \(why)")
-            await fault(t.uuid, why, ctx)
-            do {
-                try await save(&t, ["vm_state": "error", "task_state": .null, "host": .null, "node": .null, "compute_id": .null],
-                               expected: nil, ctx)
-            } catch {
-                logger.warning("nova: could not put \(t.uuid) in ERROR: \(error)")
-            }
             await plane.deleteAllocation(t.uuid)
-            await eventFinish(t.uuid, event, error: why, ctx)
+            await reportFailure(&t, event: event, why: why,
+                                values: ["vm_state": "error", "task_state": .null, "host": .null, "node": .null, "compute_id": .null], ctx)
             return .null
         }
     }
@@ -284,12 +278,7 @@ public final class NovaComputeEndpoint: RPCEndpoint {
             if Self.mustRequeue(error) { throw error }
             let why = Self.message(error)
             logger.error("nova: \(method) of \(t.uuid) failed: \(why)")
-            // nova's reverts_task_state, the fault, and the event's failure.
-            do { try await save(&t, ["task_state": .null], expected: nil, ctx) } catch {
-                logger.warning("nova: could not revert the task state of \(t.uuid): \(error)")
-            }
-            await fault(t.uuid, why, ctx)
-            await eventFinish(t.uuid, event, error: why, ctx)
+            await reportFailure(&t, event: event, why: why, values: ["task_state": .null], ctx)
             return .null
         }
     }
@@ -304,12 +293,21 @@ public final class NovaComputeEndpoint: RPCEndpoint {
         do { try await eventStart(t.uuid, event, ctx) } catch {
             logger.warning("nova: event_start \(event) of \(t.uuid) failed: \(error)")
         }
-        do { try await save(&t, ["task_state": .null], expected: nil, ctx) } catch {
-            logger.warning("nova: could not revert the task state of \(t.uuid): \(error)")
+        await reportFailure(&t, event: event, why: why, values: ["task_state": .null], ctx)
+        return .null
+    }
+
+    /// Reports a failed action as nova-compute does: `values` saved (at least nova's
+    /// reverts_task_state), an InstanceFault with the reason, and the action's event
+    /// finished with it. A save that fails is logged (the fault and event still go).
+    func reportFailure(_ t: inout Target, event: String, why: String, values: [String: JSONValue],
+                       _ ctx: [String: JSONValue]) async
+    {
+        do { try await save(&t, values, expected: nil, ctx) } catch {
+            logger.warning("nova: could not save \(values.keys.sorted().joined(separator: ", ")) of \(t.uuid) after a failure: \(error)")
         }
         await fault(t.uuid, why, ctx)
         await eventFinish(t.uuid, event, error: why, ctx)
-        return .null
     }
 
     // MARK: - terminate_instance (5.4)
@@ -336,9 +334,7 @@ public final class NovaComputeEndpoint: RPCEndpoint {
             if Self.mustRequeue(error) { throw error }
             let why = Self.message(error)
             logger.error("nova: terminate of \(t.uuid) failed: \(why)")
-            do { try await save(&t, ["task_state": .null, "vm_state": "error"], expected: nil, ctx) } catch {}
-            await fault(t.uuid, why, ctx)
-            await eventFinish(t.uuid, event, error: why, ctx)
+            await reportFailure(&t, event: event, why: why, values: ["task_state": .null, "vm_state": "error"], ctx)
             return .null
         }
     }
