@@ -28,6 +28,7 @@ DEB_PACKAGES=(
   iproute2 procps psmisc iputils-ping
   prometheus             # promtool: the metrics tests validate the exposition with it
   sqlite3                # the nova control plane's scripts (scripts/nova-control-plane.sh)
+  mariadb-server mariadb-client   # its databases (the kit's private server, DB=mariadb)
 )
 if [ "${SKIP_QEMU:-0}" != 1 ]; then
   DEB_PACKAGES+=(qemu-system-x86)

@@ -4,12 +4,17 @@
 # drop-in tests (control_plane = nova). It runs the scripts of
 # ../shared/reference/nova-control-plane (docs: ../shared/reference/nova-dropin.md §1) from a
 # writable copy, with fresh databases on every start, and leaves the nova-compute slot to
-# the agent (COMPUTE=0).
+# the agent (COMPUTE=0). The databases (nova API, cell0, cell1, placement) live in the kit's
+# private MariaDB server (DB=mariadb: mariadbd without systemd, 127.0.0.1:13306, datadir in
+# the working folder), as the drop-in issue asks: sqlite locks up as soon as several
+# servers are created at once. NOVA_CP_DB=sqlite selects the kit's sqlite files instead.
 #
 #   scripts/nova-control-plane.sh install   venvs only (idempotent: nova 34 + placement 16)
 #   scripts/nova-control-plane.sh start     install, fresh copy + databases, start (≈ 80 s)
 #   scripts/nova-control-plane.sh stop      stop every service it started
 #   scripts/nova-control-plane.sh dir       print the working folder
+#   scripts/nova-control-plane.sh sql DB 'SQL'   one statement on nova_api|nova|nova_cell0|placement
+#                                           (tab-separated, no header)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SHARED=${SHARED_DIR:-$ROOT/../shared}
@@ -19,6 +24,7 @@ BASE=/var/lib/compute-agent-test
 export NOVA_VENV=${NOVA_VENV:-$BASE/nova-venv}
 export GLANCE_VENV=${GLANCE_VENV:-$BASE/glance-venv}
 DIR=${NOVA_CP_DIR:-$BASE/nova-cp}
+export DB=${NOVA_CP_DB:-mariadb}
 export PYTHONWARNINGS=ignore
 
 install() {
@@ -32,6 +38,10 @@ install() {
   # glance 33 comes from scripts/glance.sh's venv (the same release).
   GLANCE_PORT=${GLANCE_PORT:-19292} bash "$ROOT/scripts/glance.sh" install
   command -v sqlite3 >/dev/null || { echo "nova-control-plane: sqlite3 missing (scripts/install-deps.sh installs it)" >&2; exit 1; }
+  if [ "$DB" = mariadb ]; then
+    # mariadb-server (scripts/install-deps.sh) and PyMySQL in nova's venv
+    (cd "$REF" && NOVA_VENV="$NOVA_VENV" sh mariadb.sh install)
+  fi
 }
 
 case "${1:-}" in
@@ -52,5 +62,9 @@ case "${1:-}" in
   stop)
     if [ -x "$DIR/stop_all.sh" ]; then cd "$DIR" && sh stop_all.sh; fi ;;
   dir) echo "$DIR" ;;
-  *) echo "usage: $0 install|start|stop|dir" >&2; exit 2 ;;
+  sql)
+    shift
+    cd "$DIR"
+    if [ "$DB" = mariadb ]; then sh mariadb.sh sql "$@"; else sqlite3 -separator "$(printf '\t')" "db/$1.sqlite" "$2"; fi ;;
+  *) echo "usage: $0 install|start|stop|dir|sql DB SQL" >&2; exit 2 ;;
 esac

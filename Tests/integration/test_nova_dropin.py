@@ -13,7 +13,6 @@ import json
 import os
 import pathlib
 import signal
-import sqlite3
 import subprocess
 import time
 import urllib.error
@@ -42,17 +41,7 @@ def plane():
 
 
 def req(method, path, body=None, base=API, headers=HDR):
-    """One REST request; retried (up to 5 times) while the control plane's own sqlite
-    database is locked — nova-api answers 500 OperationalError then, and nothing happened
-    (nova-dropin.md 1: sqlite is the kit's default; its writers collide under load)."""
-    for attempt in range(6):
-        code, b = _req(method, path, body, base, headers)
-        if not (code == 500 and "OperationalError" in json.dumps(b)) or attempt == 5:
-            return code, b
-        time.sleep(0.5 * (attempt + 1))
-
-
-def _req(method, path, body, base, headers):
+    """One REST request: (status, decoded body)."""
     data = json.dumps(body).encode() if body is not None else None
     r = urllib.request.Request(base + path, data=data, method=method, headers=headers)
     try:
@@ -81,12 +70,16 @@ def wait(pred, timeout=60, every=0.2):
     return None
 
 
-def db(plane, name, sql, *args):
-    c = sqlite3.connect(f"file:{plane / 'db' / name}?mode=ro", uri=True, timeout=10)
-    try:
-        return c.execute(sql, args).fetchall()
-    finally:
-        c.close()
+def db(name, sql, *args):
+    """Rows of one query on the control plane's MariaDB (`nova_api`, `nova` = cell1);
+    `?` takes the quoted `args`. Numbers come back as int, NULL as None."""
+    for a in args:
+        sql = sql.replace("?", "'" + str(a).replace("\\", "\\\\").replace("'", "''") + "'", 1)
+    p = subprocess.run(["bash", str(ROOT / "scripts" / "nova-control-plane.sh"), "sql", name, sql],
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0, p.stderr
+    conv = lambda v: None if v == "NULL" else int(v) if v.lstrip("-").isdigit() else v
+    return [tuple(conv(v) for v in line.split("\t")) for line in p.stdout.splitlines()]
 
 
 def upload_image(data, disk_format="raw", name="tiny"):
@@ -169,7 +162,7 @@ def image(plane):
 
 def mapped(plane, a):
     # The scheduler maps a new host into cell1 every few seconds (discover_hosts).
-    assert wait(lambda: db(plane, "nova_api.sqlite", "select 1 from host_mappings where host=?", a.host), timeout=60), \
+    assert wait(lambda: db("nova_api", "select 1 from host_mappings where host=?", a.host), timeout=60), \
         "the agent's host was never mapped into cell1"
     return a
 
@@ -223,10 +216,10 @@ def test_registers_as_nova_compute_and_stays_up_with_its_provider(plane, agent):
     traits = placement(f"/resource_providers/{node}/traits")[1]["traits"]
     assert {"COMPUTE_NODE", "OWNER_NOVA"} <= set(traits)
     # The heartbeat (Service.save through the conductor) moves report_count every 2 s.
-    q = "select report_count, version from services where host=? and binary='nova-compute' and deleted=0"
-    (before, version), = db(plane, "nova.sqlite", q, agent.host)
+    q = "select report_count, version from services where host=? and `binary`='nova-compute' and deleted=0"
+    (before, version), = db("nova", q, agent.host)
     time.sleep(4.5)
-    (after, _), = db(plane, "nova.sqlite", q, agent.host)
+    (after, _), = db("nova", q, agent.host)
     assert version == 74 and after >= before + 2, (before, after)
     # nova's options the agent does not use were named, not refused.
     assert "[oslo_concurrency]: section not used by compute-agent (control_plane = nova), ignored" in agent.text()
@@ -275,6 +268,26 @@ def test_a_server_lives_its_whole_life_through_the_nova_api(plane, agent, flavor
     assert wait(lambda: server(sid) is None, timeout=60), "the server never went away"
     assert placement(f"/allocations/{sid}")[1]["allocations"] == {}, "the allocation leaked"
     assert wait(lambda: f"instance_uuid={sid}" in agent.text() and "terminate_instance" in agent.text(), timeout=5)
+
+
+def test_five_servers_created_at_once_all_become_active_and_all_go_away(plane, agent, flavor, image):
+    """Five `server create` requests in flight together (the control plane's databases
+    and the agent's handlers both see them concurrently)."""
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(5) as pool:
+        sids = list(pool.map(lambda i: boot(f"vm-many-{i}", image, flavor), range(5)))
+    node = (agent.state / "nova-compute-node-uuid").read_text().strip()
+    for sid in sids:
+        s = settle(sid, "ACTIVE", timeout=120)
+        assert s["status"] == "ACTIVE" and s["OS-EXT-SRV-ATTR:host"] == agent.host, s.get("fault")
+        assert list(placement(f"/allocations/{sid}")[1]["allocations"]) == [node]
+    usages = placement(f"/resource_providers/{node}/usages")[1]["usages"]
+    assert usages["VCPU"] >= 5 and usages["MEMORY_MB"] >= 5 * 256, usages
+    with ThreadPoolExecutor(5) as pool:
+        assert list(pool.map(lambda sid: req("DELETE", f"/servers/{sid}")[0], sids)) == [204] * 5
+    for sid in sids:
+        assert wait(lambda: server(sid) is None, timeout=60), f"{sid} never went away"
+        assert placement(f"/allocations/{sid}")[1]["allocations"] == {}, f"the allocation of {sid} leaked"
 
 
 def test_a_failing_build_ends_in_error_with_its_fault_and_no_allocation(plane, agent, flavor):
@@ -335,18 +348,18 @@ def test_a_restart_keeps_the_service_the_node_and_the_instances(plane, memhv_age
     sid = boot(f"vm-restart-{how.lower()}", image, flavor)
     s = settle(sid, "ACTIVE")
     assert s["status"] == "ACTIVE" and s["OS-EXT-SRV-ATTR:host"] == agent.host, s
-    q = "select id, report_count from services where host=? and binary='nova-compute' and deleted=0"
-    (service_id, count), = db(plane, "nova.sqlite", q, agent.host)
-    nodes = db(plane, "nova.sqlite", "select id, uuid from compute_nodes where host=? and deleted=0", agent.host)
+    q = "select id, report_count from services where host=? and `binary`='nova-compute' and deleted=0"
+    (service_id, count), = db("nova", q, agent.host)
+    nodes = db("nova", "select id, uuid from compute_nodes where host=? and deleted=0", agent.host)
     if how == "SIGTERM":
         agent.stop()
     else:
         agent.kill()
     agent.start()
     # Same rows (no second service or node), the count goes on, the provider is the same.
-    assert wait(lambda: db(plane, "nova.sqlite", q, agent.host)[0][1] > count + 1, timeout=20), "no heartbeat after the restart"
-    assert db(plane, "nova.sqlite", q, agent.host)[0][0] == service_id
-    assert db(plane, "nova.sqlite", "select id, uuid from compute_nodes where host=? and deleted=0", agent.host) == nodes
+    assert wait(lambda: db("nova", q, agent.host)[0][1] > count + 1, timeout=20), "no heartbeat after the restart"
+    assert db("nova", q, agent.host)[0][0] == service_id
+    assert db("nova", "select id, uuid from compute_nodes where host=? and deleted=0", agent.host) == nodes
     assert "found this host's nova-compute service record" in agent.text()[agent.mark:]
     assert "found this host's compute node record" in agent.text()[agent.mark:]
     svc = [s for s in req("GET", "/os-services?binary=nova-compute")[1]["services"] if s["host"] == agent.host]

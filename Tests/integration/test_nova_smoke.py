@@ -53,13 +53,18 @@ cache_dir = {state}/_base
     # `exec`: the agent is the process ci_smoke.sh's stop_all.sh signals.
     cmd = f"exec {AGENT} --config-file nova.conf --config-file nova-services.conf --config-file {conf}"
     env = {**os.environ, "COMPUTE_CMD": cmd, "NOVA_VENV": "/var/lib/compute-agent-test/nova-venv",
-           "GLANCE_VENV": "/var/lib/compute-agent-test/glance-venv", "PYTHONWARNINGS": "ignore"}
+           "GLANCE_VENV": "/var/lib/compute-agent-test/glance-venv", "PYTHONWARNINGS": "ignore",
+           # the kit's private MariaDB (the drop-in issue: sqlite locks up under concurrent writes)
+           "DB": "mariadb", "MARIADB_SOCKET": str(tmp_path / "mysqld.sock")}
     try:
         p = subprocess.run(["sh", str(kit / "ci_smoke.sh")], capture_output=True, text=True, timeout=600, env=env, cwd=kit)
     finally:
         left = agents_running(conf)
         for pid in left:
             os.kill(pid, signal.SIGKILL)
+        # a run that failed before its stop_all.sh leaves its MariaDB running: stop it by its PID
+        if (kit / "ci-run" / "db" / "mariadb" / "mysqld.pid").exists():
+            subprocess.run(["sh", "mariadb.sh", "stop"], cwd=kit / "ci-run", env=env, capture_output=True, timeout=60)
     assert not left, f"stop_all.sh left the agent running: {left}"
     out = p.stdout + p.stderr
     log = (kit / "ci-run" / "log" / "compute.out")
