@@ -19,13 +19,13 @@ public final class NovaComputeEndpoint: RPCEndpoint {
         "pause_instance": "pause_instance", "unpause_instance": "unpause_instance",
         "suspend_instance": "suspend_instance", "resume_instance": "resume_instance",
         "rescue_instance": "rescue_instance", "unrescue_instance": "unrescue_instance",
-        "snapshot_instance": "snapshot_instance",
+        "snapshot_instance": "snapshot_instance", "rebuild_instance": "rebuild_instance",
     ]
     /// nova casts on one instance that this dialect does not run yet: the instance gets
     /// its task state back, a fault saying so, and the action's event fails — rather than
     /// a task state that never clears.
     static let notImplemented: Set<String> = [
-        "rebuild_instance", "resize_instance", "prep_resize", "finish_resize", "confirm_resize", "revert_resize",
+        "resize_instance", "prep_resize", "finish_resize", "confirm_resize", "revert_resize",
         "backup_instance", "shelve_instance",
         "shelve_offload_instance", "unshelve_instance", "soft_delete_instance", "restore_instance",
         "trigger_crash_dump", "inject_network_info", "reset_network", "change_instance_metadata",
@@ -261,6 +261,21 @@ public final class NovaComputeEndpoint: RPCEndpoint {
                 try await save(&t, ["task_state": "image_pending_upload"], expected: "image_snapshot", ctx)
                 try await save(&t, ["task_state": "image_uploading"], expected: "image_pending_upload", ctx)
                 expected = "image_uploading"
+            case "rebuild_instance":
+                // nova-compute's _do_rebuild_instance on the same host; an evacuation
+                // (`recreate`) comes from another host and is not run here.
+                if request.args["recreate"]?.boolValue == true {
+                    throw RemoteFailure(className: "InstanceEvacuateNotSupported", module: "nova.exception",
+                                        message: "compute-agent does not evacuate instances onto this host yet (docs/nova-dropin.md)")
+                }
+                if let ref = (request.args["image_ref"]?.stringValue ?? t.object["image_ref"]?.stringValue), !ref.isEmpty {
+                    args["image_ref"] = .string(ref)
+                }
+                try await save(&t, ["task_state": "rebuilding"], expected: .array(["rebuilding"]), ctx)
+                try await save(&t, ["task_state": "rebuild_block_device_mapping"], expected: .array(["rebuilding"]), ctx)
+                try await save(&t, ["task_state": "rebuild_spawning"], expected: .array(["rebuild_block_device_mapping"]), ctx)
+                final["launched_at"] = .string(novaTimestamp())
+                expected = .array(["rebuild_spawning"])
             case "resume_instance":
                 var meta = t.object["system_metadata"]?.objectValue ?? [:]
                 final["vm_state"] = meta.removeValue(forKey: "old_vm_state") ?? "active"
@@ -271,7 +286,12 @@ public final class NovaComputeEndpoint: RPCEndpoint {
             }
             let after = try await native(Self.lifecycle[method]!, args, request)
             if method != "snapshot_instance" { final["power_state"] = after["power_state"] ?? .null }
+            if method == "rebuild_instance" {
+                // active, or stopped again when it was stopped (nova stops it after the spawn)
+                final["vm_state"] = after["vm_state"] ?? "active"
+            }
             try await save(&t, final, expected: expected, ctx)
+            if method == "rebuild_instance" { await plane.schedulerInstanceInfo(t.object.primitive, context: ctx) }
             await eventFinish(t.uuid, event, error: nil, ctx)
             return .null
         } catch {

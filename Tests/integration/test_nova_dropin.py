@@ -327,6 +327,32 @@ def test_rescue_unrescue_and_a_snapshot_into_the_image_nova_made(plane, agent, f
     assert wait(lambda: server(sid) is None, timeout=60)
 
 
+def test_rebuild_onto_another_image_running_and_stopped(plane, agent, flavor, image):
+    other = upload_image(b"\1" * 1048576, name="tiny-2")
+    sid = boot("vm-rebuild", image, flavor)
+    assert settle(sid, "ACTIVE")["status"] == "ACTIVE"
+    code, b = req("POST", f"/servers/{sid}/action", {"rebuild": {"imageRef": other}})
+    assert code == 202, b
+    s = settle(sid, "ACTIVE")
+    assert s["status"] == "ACTIVE" and s["image"]["id"] == other and s["OS-EXT-STS:power_state"] == 1, s.get("fault")
+    # The agent fetched the new image from glance for the new disk.
+    assert f"fetched {other} into" in agent.text()
+    # A stopped server is rebuilt and stays stopped (nova stops it again).
+    act(sid, {"os-stop": None}, "SHUTOFF")
+    assert req("POST", f"/servers/{sid}/action", {"rebuild": {"imageRef": image}})[0] == 202
+    s = settle(sid, "SHUTOFF")
+    assert s["status"] == "SHUTOFF" and s["image"]["id"] == image and s["OS-EXT-STS:power_state"] == 4, s.get("fault")
+    actions = req("GET", f"/servers/{sid}/os-instance-actions")[1]["instanceActions"]
+    for a in [a for a in actions if a["action"] == "rebuild"]:
+        detail = req("GET", f"/servers/{sid}/os-instance-actions/{a['request_id']}")[1]["instanceAction"]
+        events = {e["event"]: e["result"] for e in detail["events"]}
+        # the conductor's rebuild_server event, then the compute's
+        assert events.get("compute_rebuild_instance") == "Success" and set(events.values()) == {"Success"}, events
+    assert len([a for a in actions if a["action"] == "rebuild"]) == 2
+    assert req("DELETE", f"/servers/{sid}")[0] == 204
+    assert wait(lambda: server(sid) is None, timeout=60)
+
+
 def test_an_action_the_dialect_does_not_run_fails_cleanly_instead_of_hanging(plane, agent, flavor, image):
     sid = boot("vm-shelve", image, flavor)
     assert settle(sid, "ACTIVE")["status"] == "ACTIVE"
