@@ -27,11 +27,16 @@ public final class NovaControlPlane: ControlPlane {
         public var ramAllocationRatio: Double
         public var diskAllocationRatio: Double
         public var callTimeout: Double
+        /// nova's `sync_power_state_interval`: how often the host's power states are saved
+        /// to nova (at most once per capabilities pass); negative = only at start-up.
+        public var syncPowerStateInterval: Double
 
         public init(host: String, statePath: String, placementEndpoint: String, placementToken: String, hostIP: String,
                     reservedHostMemoryMB: Int, reservedHostDiskMB: Int, cpuAllocationRatio: Double,
-                    ramAllocationRatio: Double, diskAllocationRatio: Double, callTimeout: Double)
+                    ramAllocationRatio: Double, diskAllocationRatio: Double, callTimeout: Double,
+                    syncPowerStateInterval: Double = 600)
         {
+            self.syncPowerStateInterval = syncPowerStateInterval
             self.host = host
             self.statePath = statePath
             self.placementEndpoint = placementEndpoint
@@ -70,6 +75,8 @@ public final class NovaControlPlane: ControlPlane {
         var usage: [String: JSONValue] = [:]
         /// nova's first sync_instance_info comes 120 s after start.
         var lastSchedulerSync = monotonicSeconds()
+        /// When the periodic pass last saved the host's power states to nova.
+        var lastPowerSync = monotonicSeconds()
     }
 
     let state = Mutex(State())
@@ -179,12 +186,15 @@ public final class NovaControlPlane: ControlPlane {
         await reconcileInstances(context: ctx)
     }
 
-    /// nova's `init_host`, against the agent's journal: a guest the agent has whose
-    /// instance nova no longer places here (deleted by nova-api while the agent was down)
-    /// is removed; an instance the journal shows in ERROR (its domain vanished) or in
-    /// another power state than nova's gets that state saved; an instance nova places
-    /// here that the agent does not know is named in the log.
-    func reconcileInstances(context ctx: [String: JSONValue]) async {
+    /// nova's `init_host`, against the agent's journal (`startUp`), and its periodic
+    /// `_sync_power_states` afterwards. At start-up a guest the agent has whose instance
+    /// nova no longer places here (deleted by nova-api while the agent was down) is
+    /// removed, and an instance nova places here that the agent does not know is named in
+    /// the log. Every pass saves what the host found out by itself — another power state,
+    /// a guest that stopped by itself (`stopped`), a domain that vanished (`error`) — for
+    /// instances no action is running on (`expected_task_state` null, so a task nova-api
+    /// starts meanwhile wins).
+    func reconcileInstances(context ctx: [String: JSONValue], startUp: Bool = true) async {
         let listed: JSONValue
         do {
             listed = try await conductor.classAction("InstanceList", "get_by_host", args: [.string(settings.host)],
@@ -208,6 +218,7 @@ public final class NovaControlPlane: ControlPlane {
             guard var instance = nova[id] else {
                 // Deleted in nova while this agent was away (nova-api deletes locally when
                 // the service is down): nothing may keep running for it.
+                guard startUp else { continue }
                 do {
                     _ = try await manager.handle(RPCRequest(method: "terminate_instance", args: ["instance_uuid": .string(id)],
                                                             uniqueID: "nova-reconcile-\(id)", context: ["is_admin": true]),
@@ -219,24 +230,28 @@ public final class NovaControlPlane: ControlPlane {
                 }
                 continue
             }
-            guard instance["task_state"]?.isNull ?? true else { continue }
+            guard instance["task_state"]?.isNull ?? true, record["task_state"]?.isNull ?? true,
+                  record["vm_state"]?.stringValue != "building" else { continue }
             var values: [String: JSONValue] = [:]
             if let p = record["power_state"], p != instance["power_state"] { values["power_state"] = p }
-            if record["vm_state"]?.stringValue == "error", instance["vm_state"]?.stringValue != "error" { values["vm_state"] = "error" }
+            if let v = record["vm_state"]?.stringValue, v == "error" || v == "stopped", instance["vm_state"]?.stringValue != v {
+                values["vm_state"] = .string(v)
+            }
             guard !values.isEmpty else { continue }
             for (k, v) in values { instance.set(k, v) }
             instance.changes = Set(values.keys)
             do {
-                try await conductor.objectAction(&instance, "save", context: ctx)
+                try await conductor.objectAction(&instance, "save", kwargs: ["expected_task_state": .array([.null])], context: ctx)
                 updated += 1
-                logger.warning("nova: instance \(id) updated from the host at start-up", metadata: [
+                logger.warning("nova: instance \(id) updated from the host \(startUp ? "at start-up" : "by the power-state sync")", metadata: [
                     "power_state": "\(values["power_state"]?.intValue.map(String.init) ?? "-")",
                     "vm_state": "\(values["vm_state"]?.stringValue ?? "-")",
                 ])
             } catch {
-                logger.warning("nova: could not save instance \(id) at start-up: \(error)")
+                logger.warning("nova: could not save instance \(id) \(startUp ? "at start-up" : "in the power-state sync"): \(error)")
             }
         }
+        guard startUp else { return }
         let known = Set(local.compactMap { $0["uuid"]?.stringValue })
         for id in nova.keys where !known.contains(id) {
             logger.warning("nova: instance \(id) is placed on this host but the agent has no record of it")
@@ -492,6 +507,11 @@ public final class NovaControlPlane: ControlPlane {
         let ctx = Conductor.adminContext()
         try await saveUsage(capabilities, context: ctx)
         await schedulerSync()
+        if settings.syncPowerStateInterval >= 0,
+           state.withLock({ monotonicSeconds() - $0.lastPowerSync >= settings.syncPowerStateInterval }) {
+            state.withLock { $0.lastPowerSync = monotonicSeconds() }
+            await reconcileInstances(context: ctx, startUp: false)
+        }
         let want = JSONValue.object(inventory(capabilities))
         if state.withLock({ $0.inventory }) != want {
             var generation = 0
@@ -550,7 +570,7 @@ extension NovaControlPlane {
             hostIP: c.myIP ?? firstHostAddress(), reservedHostMemoryMB: c.reservedHostMemoryMB,
             reservedHostDiskMB: c.reservedHostDiskMB, cpuAllocationRatio: c.cpuAllocationRatio,
             ramAllocationRatio: c.ramAllocationRatio, diskAllocationRatio: c.diskAllocationRatio,
-            callTimeout: c.rpcResponseTimeout)
+            callTimeout: c.rpcResponseTimeout, syncPowerStateInterval: c.syncPowerStateInterval)
         self.init(settings: settings, client: client, handlerClient: handlerClient, manager: manager, logger: logger)
     }
 }

@@ -10,6 +10,7 @@ and events, console output, delete with the allocation released, a failing build
 ERROR with its fault, and a restart (SIGTERM, then SIGKILL) that keeps the service, the
 node, the provider and the instances."""
 import json
+import re
 import os
 import pathlib
 import signal
@@ -21,7 +22,7 @@ import uuid
 
 import pytest
 
-from conftest import BUILD, ROOT, Agent
+from conftest import BUILD, ROOT, Agent, edit_domains
 
 API = "http://127.0.0.1:8774/v2.1"
 PLACEMENT = "http://127.0.0.1:8778"
@@ -93,7 +94,7 @@ def upload_image(data, disk_format="raw", name="tiny"):
     return iid
 
 
-def nova_agent(tmp_path, plane, plugin_dir=BUILD, hypervisor="libvirt"):
+def nova_agent(tmp_path, plane, plugin_dir=BUILD, hypervisor="libvirt", extra=""):
     """The agent in the nova-compute slot: nova's files, then its own. `hypervisor`
     libvirt is libvirt's test:///default (its domains live in the agent's process);
     memhv (the C test plugin) keeps its domains in a file, so they outlive a restart as
@@ -112,7 +113,7 @@ image_fetcher = glance
 report_interval = 2
 periodic_interval = 5
 update_resources_interval = 10
-
+{extra}
 {section}
 
 [glance]
@@ -181,7 +182,8 @@ def agent(tmp_path_factory, plane):
 def memhv_agent(tmp_path_factory, plane, test_plugin_dir, agent):
     """A second compute host whose guests outlive the agent (memhv); the first one is
     disabled meanwhile so the scheduler places on this one."""
-    a = nova_agent(tmp_path_factory.mktemp("nova-memhv"), plane, plugin_dir=test_plugin_dir, hypervisor="memhv").start()
+    a = nova_agent(tmp_path_factory.mktemp("nova-memhv"), plane, plugin_dir=test_plugin_dir, hypervisor="memhv",
+                   extra="sync_power_state_interval = 1").start()
     try:
         mapped(plane, a)
         svc = [s for s in req("GET", "/os-services?binary=nova-compute")[1]["services"] if s["host"] == agent.host][0]
@@ -422,6 +424,21 @@ def test_a_queued_cast_and_a_local_delete_while_the_agent_is_down_are_both_honou
     assert kept in domains.read_text()
     assert req("DELETE", f"/servers/{kept}")[0] == 204
     assert wait(lambda: server(kept) is None, timeout=60)
+
+
+def test_a_guest_that_shuts_down_by_itself_is_shutoff_in_nova(plane, memhv_agent, flavor, image):
+    """After start-up too, what the power-state sync finds (nova's _sync_power_states) is
+    saved to nova: a guest powered off behind the agent's back shows SHUTOFF."""
+    agent = memhv_agent
+    sid = boot("vm-selfstop", image, flavor)
+    assert settle(sid, "ACTIVE")["OS-EXT-SRV-ATTR:host"] == agent.host
+    edit_domains(agent.tmp / "domains", lambda t: re.sub(rf"^({sid}) \d+ ", r"\g<1> 4 ", t, flags=re.M))
+    s = wait(lambda: (lambda v: v if v["status"] == "SHUTOFF" else None)(server(sid)), timeout=30)
+    assert s and s["OS-EXT-STS:power_state"] == 4 and s["OS-EXT-STS:task_state"] is None, server(sid)
+    assert f"nova: instance {sid} updated from the host by the power-state sync" in agent.text()
+    assert act(sid, {"os-start": None}, "ACTIVE")["OS-EXT-STS:power_state"] == 1
+    assert req("DELETE", f"/servers/{sid}")[0] == 204
+    assert wait(lambda: server(sid) is None, timeout=60)
 
 
 def test_sigterm_is_instant_while_the_conductor_does_not_answer(tmp_path):
