@@ -25,3 +25,5 @@ echo "== metrics endpoint cost (drain and idle RSS with [metrics] listen on vs o
 python3 Benchmarks/metrics.py
 echo "== a rack on one broker (CA_BENCH_RACK agents, default 200, vs as many oslo.messaging anchors)"
 python3 Benchmarks/rack.py
+echo "== the agent vs nova-compute 34 (fake driver) under the real nova 34 control plane"
+python3 Benchmarks/nova.py
