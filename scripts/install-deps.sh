@@ -27,6 +27,7 @@ DEB_PACKAGES=(
   patchelf dpkg-dev      # packaging: the bundled Swift runtime's rpath, dpkg-deb
   iproute2 procps psmisc iputils-ping
   prometheus             # promtool: the metrics tests validate the exposition with it
+  gnuplot-nox            # Benchmarks/scale.py draws the cost curve (PNG)
   sqlite3                # the nova control plane's scripts (scripts/nova-control-plane.sh)
   mariadb-server mariadb-client   # its databases (the kit's private server, DB=mariadb)
 )

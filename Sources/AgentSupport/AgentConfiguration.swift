@@ -64,6 +64,9 @@ public struct AgentConfiguration: Sendable {
     public var retryInterval: Double
     public var retryBackoff: Double
     public var intervalMax: Double
+    /// `[oslo_messaging_rabbit] quick_retry_window` (ours, not oslo's): seconds after a lost
+    /// connection during which retries come every 0.1–0.5 s; 0 = oslo's schedule only.
+    public var quickRetryWindow: Double
     // [image_cache] (nova's names and defaults)
     /// Seconds between cache manager passes; 0 = every `periodic_interval`; -1 = off.
     public var imageCacheManagerInterval: Int
@@ -113,7 +116,7 @@ public struct AgentConfiguration: Sendable {
             heartbeatTimeoutThreshold: 60, qosPrefetchCount: 64, quorumQueues: false,
             transientQueuesTTL: 1800, durableQueues: false,
             ssl: false, sslCAFile: nil, sslCertFile: nil, sslKeyFile: nil, sslVersion: "", sslVerifyHostname: true,
-            retryInterval: 1, retryBackoff: 2, intervalMax: 30,
+            retryInterval: 1, retryBackoff: 2, intervalMax: 30, quickRetryWindow: 10,
             imageCacheManagerInterval: 2400, removeUnusedBaseImages: true, removeUnusedOriginalMinimumAge: 86_400,
             removeUnusedResizedMinimumAge: 3600, metricsListen: nil,
             pluginSections: [:], sourceFile: "<defaults>", optionLines: [:])
@@ -136,7 +139,8 @@ public struct AgentConfiguration: Sendable {
                                   "rabbit_quorum_queue", "rabbit_transient_queues_ttl",
                                   "amqp_durable_queues", "ssl", "ssl_ca_file", "ssl_cert_file", "ssl_key_file",
                                   "ssl_version", "ssl_enforce_fips_mode", "ssl_enforce_hostname_verification",
-                                  "rabbit_retry_interval", "rabbit_retry_backoff", "rabbit_interval_max"],
+                                  "rabbit_retry_interval", "rabbit_retry_backoff", "rabbit_interval_max",
+                                  "quick_retry_window"],
         "image_cache": ["manager_interval", "remove_unused_base_images", "remove_unused_original_minimum_age_seconds",
                         "remove_unused_resized_minimum_age_seconds"],
         "metrics": ["listen"],
@@ -250,6 +254,7 @@ public struct AgentConfiguration: Sendable {
         c.retryInterval = try reader.seconds(r, "rabbit_retry_interval", c.retryInterval)
         c.retryBackoff = try reader.seconds(r, "rabbit_retry_backoff", c.retryBackoff, allowZero: true)
         c.intervalMax = try reader.seconds(r, "rabbit_interval_max", c.intervalMax)
+        c.quickRetryWindow = try reader.seconds(r, "quick_retry_window", c.quickRetryWindow, allowZero: true)
 
         let ic = "image_cache"
         c.imageCacheManagerInterval = try reader.int(ic, "manager_interval", c.imageCacheManagerInterval, range: -1...(86_400 * 30))
@@ -360,6 +365,7 @@ public struct AgentConfiguration: Sendable {
             "oslo_messaging_rabbit.rabbit_retry_interval": "\(retryInterval)",
             "oslo_messaging_rabbit.rabbit_retry_backoff": "\(retryBackoff)",
             "oslo_messaging_rabbit.rabbit_interval_max": "\(intervalMax)",
+            "oslo_messaging_rabbit.quick_retry_window": "\(quickRetryWindow)",
             "image_cache.manager_interval": "\(imageCacheManagerInterval)",
             "image_cache.remove_unused_base_images": "\(removeUnusedBaseImages)",
             "image_cache.remove_unused_original_minimum_age_seconds": "\(removeUnusedOriginalMinimumAge)",

@@ -197,13 +197,15 @@ func connectionLogger(_ lane: String) -> @Sendable (AMQPWorker.Event) -> Void {
             metrics.brokerConnected(lane: lane, reconnect: generation > 1)
             logger.info(generation == 1 ? "connected to broker" : "reconnected to broker",
                         metadata: ["lane": "\(lane)", "broker": "\(broker)"])
-        case .connectionFailed(let reason, let attempt, let retryIn):
+        case .connectionFailed(let reason, let attempt, let retryIn, let quick):
             metrics.brokerConnectionFailed(lane: lane)
             if lane == "rpc" {
                 attempts.failed.store(attempt, ordering: .relaxed)
                 SystemdNotifier.status("reconnecting to broker (attempt \(attempt + 1) in \(Int(retryIn * 10) / 10) s)")
             }
-            logger.error("broker connection failed: \(reason)", metadata: [
+            // Quick retries (several a second) are logged at the first and every tenth.
+            let level: Logger.Level = !quick || attempt == 1 || attempt % 10 == 0 ? .error : .debug
+            logger.log(level: level, "broker connection failed: \(reason)", metadata: [
                 "lane": "\(lane)", "attempt": "\(attempt)", "retry_in_s": "\(Int(retryIn * 10) / 10)",
             ])
         case .returned: break

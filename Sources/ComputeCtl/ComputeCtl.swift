@@ -55,7 +55,7 @@ struct Connection: ParsableArguments {
         options.connection = AMQPWorker.ConnectionSettings(configuration: config)
         let lastFailure = LastFailure()
         let client = RPCClient(options: options) { event in
-            if case .connectionFailed(let reason, _, _) = event { lastFailure.set(reason) }
+            if case .connectionFailed(let reason, _, _, _) = event { lastFailure.set(reason) }
         }
         // Unstructured on purpose: a task group would wait for the connect task it cannot
         // cancel, so the timeout would not end the wait.

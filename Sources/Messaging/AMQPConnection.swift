@@ -30,6 +30,11 @@ public struct AMQPError: Error, CustomStringConvertible, Sendable {
          "server closed connection: 530"].contains { message.contains($0) }
     }
 
+    /// Whether quick retries may follow this failure (a refused connect, a lost
+    /// connection): not after a refused login or a failed TLS handshake, which would cost
+    /// the broker a handshake every few hundred milliseconds and will not pass by itself.
+    public var allowsQuickRetry: Bool { !isLoginRefusal && !message.contains("TLS") }
+
     /// The broker refused the login (wrong user or password, or no access to the vhost).
     public var isLoginRefusal: Bool {
         isPersistentRefusal || message.contains("login refused") || message.contains("login: server closed connection: 403")

@@ -20,7 +20,7 @@ import Glibc
 public final class AMQPWorker: Sendable {
     public enum Event: Sendable {
         case connected(broker: String, generation: UInt64)
-        case connectionFailed(reason: String, attempt: Int, retryIn: Double)
+        case connectionFailed(reason: String, attempt: Int, retryIn: Double, quick: Bool)
         case returned(routingKey: String, replyText: String)
         /// The broker refused something no retry can fix (a declare that conflicts with an
         /// existing entity, access refused, the login refused again and again). The worker
@@ -41,6 +41,12 @@ public final class AMQPWorker: Sendable {
         public var retryInterval: Double = 1
         public var retryBackoff: Double = 2
         public var maxInterval: Double = 30
+        /// For this many seconds after a connection is lost, retries come every
+        /// 0.1–0.5 s (random): a broker restart usually lasts a few seconds, a refused
+        /// connect costs nothing, and the jitter spreads a rack's reconnections over
+        /// 0.4 s instead of one instant. oslo's schedule (above) starts after it, and at
+        /// once after a refused login. 0 = oslo's schedule only.
+        public var quickRetryWindow: Double = 10
 
         public init() {}
 
@@ -56,6 +62,7 @@ public final class AMQPWorker: Sendable {
             retryInterval = c.retryInterval
             retryBackoff = c.retryBackoff
             maxInterval = c.intervalMax
+            quickRetryWindow = c.quickRetryWindow
         }
     }
 
@@ -273,6 +280,10 @@ public final class AMQPWorker: Sendable {
         var brokerIndex = 0
         var generation: UInt64 = 0
         var loginRefusals = 0
+        /// When the current run of failures began (the connection was lost or never made).
+        var outageSince: Double?
+        /// Retries on oslo's schedule in the current run (after the quick window).
+        var scheduledAttempt = 0
         let brokers = options.url.brokers
         while !state.withLock({ $0.stopping }) {
             let broker = brokers[brokerIndex % brokers.count]
@@ -285,6 +296,8 @@ public final class AMQPWorker: Sendable {
                 try setup(c)
                 generation += 1
                 attempt = 0
+                outageSince = nil
+                scheduledAttempt = 0
                 let waiters = state.withLock { s -> [CheckedContinuation<Void, Never>] in
                     s.connected = true
                     defer { s.connectWaiters = [] }
@@ -309,8 +322,12 @@ public final class AMQPWorker: Sendable {
                 }
                 attempt += 1
                 brokerIndex += 1
-                let delay = Self.retryDelay(attempt: attempt, options.settings)
-                onEvent(.connectionFailed(reason: error.message, attempt: attempt, retryIn: delay))
+                let since = outageSince ?? monotonicSeconds()
+                outageSince = since
+                let quick = error.allowsQuickRetry && monotonicSeconds() - since < options.settings.quickRetryWindow
+                if !quick { scheduledAttempt += 1 }
+                let delay = Self.retryDelay(attempt: scheduledAttempt, quick: quick, options.settings)
+                onEvent(.connectionFailed(reason: error.message, attempt: attempt, retryIn: delay, quick: quick))
                 sleepInterruptibly(delay)
             }
             _ = conn
@@ -326,8 +343,12 @@ public final class AMQPWorker: Sendable {
         for c in stopped { c.resume() }
     }
 
-    /// The wait before retry number `attempt` (1-based) of a run of failures.
-    static func retryDelay(attempt: Int, _ o: ConnectionSettings) -> Double {
+    /// The wait before the next retry: 0.1–0.5 s while `quick` (within the quick window
+    /// of an outage, and the broker did not refuse the login: no hammering with bad
+    /// credentials), else retry number `attempt` (1-based) on oslo's schedule, which
+    /// counts from the window's end.
+    static func retryDelay(attempt: Int, quick: Bool = false, _ o: ConnectionSettings) -> Double {
+        if quick { return Double.random(in: 0.1...0.5) }
         if attempt <= 1 { return Double.random(in: 0...o.retryInterval) }
         let base = min(o.maxInterval, o.retryInterval + Double(attempt - 1) * o.retryBackoff)
         return base * Double.random(in: 0.5...1.0)

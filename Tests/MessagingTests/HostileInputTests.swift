@@ -67,6 +67,14 @@ import Testing
         }
     }
 
+    /// Within the quick window a rack retries every 0.1–0.5 s, spread (not in one instant).
+    @Test func quickRetriesAreShortAndSpread() {
+        let s = AMQPWorker.ConnectionSettings()
+        let delays = (0..<200).map { _ in AMQPWorker.retryDelay(attempt: 0, quick: true, s) }
+        #expect(delays.allSatisfy { (0.1...0.5).contains($0) })
+        #expect((delays.max() ?? 0) - (delays.min() ?? 0) > 0.2)
+    }
+
     @Test func hopelessRefusalsAreRecognised() {
         #expect(AMQPError("declare exchange 'amq.direct': server closed channel: 406 PRECONDITION_FAILED").isHopeless)
         #expect(AMQPError("h:5672: login: server closed connection: 403 ACCESS_REFUSED").isLoginRefusal)
