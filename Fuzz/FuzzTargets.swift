@@ -9,10 +9,16 @@ public func fuzzOne(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
     let bytes = UnsafeBufferPointer(start: data, count: size)
     #if FUZZ_JSON
     // The JSON reader: parse, and a parsed value must write out and read back equal.
-    if let v = try? JSONValue.parse(bytes: bytes) {
+    let whole = try? JSONValue.parse(bytes: bytes)
+    if let v = whole {
         let again = try? JSONValue.parse(v.serialized())
         precondition(again == v || v.containsNaNFreeDoubleRounding, "write/read round trip changed the value")
     }
+    // The element-by-element reader (plugin listings) accepts exactly what parse accepts,
+    // and hands over the same elements.
+    let streamed = try? JSONValue.parseElements(bytes: bytes) { $0 }
+    precondition((streamed != nil) == (whole != nil), "parseElements and parse disagree on validity")
+    if let streamed, case .array(let a)? = whole { precondition(streamed == a, "parseElements changed the elements") }
     #elseif FUZZ_OSLO
     // The oslo envelope and request decoder, and the byte scan for a too-large call.
     if let m = try? OsloMessage.unwrap(body: Array(bytes)) { _ = try? OsloMessage.request(from: m) }

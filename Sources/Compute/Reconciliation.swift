@@ -11,18 +11,27 @@ import Glibc
 /// Keeping the records and the hypervisor in agreement: start-up recovery, the power
 /// state sync (periodic and event-driven), the resource audit and soft-delete reclaim.
 extension ComputeManager {
+    /// A stored document that is not an instance record (its first 200 characters).
+    struct UnreadableRecord: Error {
+        let text: String
+    }
+
     /// Loads the records, compares them with what the hypervisor runs (one list call) and
     /// resumes every operation a crash interrupted. Returns once each resumed operation
     /// holds its instance's lock, so RPC messages that arrive later queue behind it.
     public func recover() async throws {
-        let docs = try await store.instances()
-        for doc in docs {
-            guard let r = InstanceRecord(stored: doc) else {
-                logger.error("instance store holds a record this agent cannot read; left untouched",
-                             metadata: ["record": "\(doc.serialized().prefix(200))"])
-                continue
+        // Each document becomes a record as it is read (never all documents at once), and
+        // the table is sized once: at 10,000 instances this halves the start-up peak.
+        let loaded = try await store.instances { doc -> Result<InstanceRecord, UnreadableRecord> in
+            InstanceRecord(stored: doc).map { .success($0) } ?? .failure(UnreadableRecord(text: String(doc.serialized().prefix(200))))
+        }
+        instances.reserveCapacity(loaded.count)
+        for item in loaded {
+            switch item {
+            case .success(let r): instances[r.uuid] = r
+            case .failure(let bad):
+                logger.error("instance store holds a record this agent cannot read; left untouched", metadata: ["record": "\(bad.text)"])
             }
-            instances[r.uuid] = r
         }
         let ops = try await store.openOperations()
         let domains: [String: (power: PowerState, name: String)]?
@@ -63,6 +72,8 @@ extension ComputeManager {
             }
         }
         await reconcileNetwork(skipping: resuming)
+        // The store's rows and the start-up listing are freed: give their pages back.
+        MemoryTrim.release()
         logger.info("recovered instance records", metadata: [
             "instances": "\(instances.count)", "resumed_operations": "\(resuming.count)",
             "unmanaged_domains": "\(unmanagedDomains.count)",
@@ -155,11 +166,11 @@ extension ComputeManager {
 
     /// uuid → power state and name of every domain, from one list call.
     func hypervisorDomains() async throws -> [String: (power: PowerState, name: String)] {
-        let list = try await plugins.hypervisor.listInstances()
+        let list = try await plugins.hypervisor.listDomains()
         var out: [String: (power: PowerState, name: String)] = [:]
-        for d in list.arrayValue ?? [] {
-            guard let u = Self.domainUUID(d) else { continue }
-            out[u] = (d["power_state"]?.intValue.flatMap(PowerState.init(rawValue:)) ?? .noState, d["name"]?.stringValue ?? "")
+        out.reserveCapacity(list.count)
+        for d in list {
+            out[d.uuid] = (d.powerState.flatMap(PowerState.init(rawValue:)) ?? .noState, d.name)
         }
         return out
     }
@@ -170,22 +181,31 @@ extension ComputeManager {
     /// task in progress. Returns how many instances it looked at.
     @discardableResult
     public func syncPowerStates() async -> Int {
-        let list: [JSONValue]
-        do { list = try await plugins.hypervisor.listInstances().arrayValue ?? [] } catch {
+        let list: [DomainSummary]
+        do { list = try await plugins.hypervisor.listDomains() } catch {
             AgentMetrics.shared.periodicFailed(task: "sync_power_states")
             logger.warning("sync_power_states: cannot list domains: \(error)")
             return 0
         }
+        let large = list.count >= 1000
+        let looked = await syncPowerStates(listing: consume list)
+        // A large listing's parsed form is freed by now: give its pages back, or the
+        // process keeps the high-water mark of every pass (at 10,000 instances: MiBs).
+        if large { MemoryTrim.release() }
+        return looked
+    }
+
+    private func syncPowerStates(listing list: [DomainSummary]) async -> Int {
         // One pass over the listing: most instances agree with their domain, which is
         // decided synchronously; only the others go through the full rules below.
         var differing: [(String, PowerState?)] = []
         var seen = 0
         var unmanaged: [String: String] = [:]
         for d in list {
-            guard let uuid = Self.domainUUID(d) else { continue }
-            let power = d["power_state"]?.intValue.flatMap(PowerState.init(rawValue:)) ?? .noState
+            let uuid = d.uuid
+            let power = d.powerState.flatMap(PowerState.init(rawValue:)) ?? .noState
             guard let r = instances[uuid] else {
-                unmanaged[uuid] = d["name"]?.stringValue ?? ""
+                unmanaged[uuid] = d.name
                 continue
             }
             seen += 1
@@ -194,7 +214,7 @@ extension ComputeManager {
         if seen < instances.count {
             // Some records have no domain: find them (rare, so the set is built only now).
             var listed = Set<String>(minimumCapacity: list.count)
-            for d in list { if let u = Self.domainUUID(d) { listed.insert(u) } }
+            for d in list { listed.insert(d.uuid) }
             for (uuid, r) in instances where !listed.contains(uuid) && !Self.inSync(r, hypervisorPower: nil) {
                 differing.append((uuid, nil))
             }
@@ -208,12 +228,6 @@ extension ComputeManager {
         }
         unmanagedDomains = unmanaged
         return instances.count
-    }
-
-    /// A domain's uuid from the plugin's listing, in the lower case the records use.
-    static func domainUUID(_ d: JSONValue) -> String? {
-        guard let raw = d["uuid"]?.stringValue else { return nil }
-        return raw.utf8.contains(where: { $0 >= 0x41 && $0 <= 0x5A }) ? raw.lowercased() : raw
     }
 
     /// A lifecycle event from the hypervisor plugin: check that instance now (its current
@@ -324,6 +338,8 @@ extension ComputeManager {
     @discardableResult
     public func updateAvailableResource() async -> ResourceAudit? {
         await audit()
+        // The audit's listing is freed: as after sync_power_states, give a large one back.
+        if instances.count >= 1000 { MemoryTrim.release() }
         do { try await store.pruneOperations(keep: settings.operationsKept) } catch {
             logger.warning("could not prune the operation journal: \(error)")
         }
@@ -336,7 +352,7 @@ extension ComputeManager {
         // The three questions go out at once (each on its own plugin-call thread).
         let hv = plugins.hypervisor
         async let hostInfo = hv.hostInfo()
-        async let listing = hv.listInstances()
+        async let listing = hv.listDomains()
         async let diskFigures = diskGB()
         let info: JSONValue
         do { info = try await hostInfo } catch {
@@ -360,11 +376,12 @@ extension ComputeManager {
         let usage = self.usage
         let limits = tracker.limits(totals)
         var hvVCPUs = 0, hvMem = 0
-        if let list = try? await listing.arrayValue {
+        if let list = try? await listing {
             for d in list {
                 // One lookup, and only the fields needed (no copy of the whole record).
-                guard let u = Self.domainUUID(d), let i = instances.index(forKey: u) else { continue }
-                let v = d["vcpus"]?.intValue ?? 0, m = d["memory_mb"]?.intValue ?? 0
+                let u = d.uuid
+                guard let i = instances.index(forKey: u) else { continue }
+                let v = d.vcpus, m = d.memoryMB
                 hvVCPUs += v
                 hvMem += m
                 let flavor = instances.values[i].flavor

@@ -172,6 +172,29 @@ extension JSONValue {
     }
 }
 
+extension JSONValue {
+    /// Parses a complete JSON text and, when its top level is an array, hands each element
+    /// to `transform` as soon as it is parsed: only one element is ever held as a
+    /// `JSONValue` (a plugin's list of 10,000 domains costs what `transform` keeps, not
+    /// 10,000 dictionaries). Elements for which `transform` returns nil are dropped; any
+    /// other top level gives an empty array (as `arrayValue ?? []` would).
+    public static func parseElements<T>(bytes: UnsafeBufferPointer<UInt8>, _ transform: (JSONValue) -> T?)
+        throws(JSONParseError) -> [T]
+    {
+        var p = JSONParser(bytes: bytes)
+        p.skipWhitespace()
+        guard p.pos < bytes.count, bytes[p.pos] == UInt8(ascii: "[") else {
+            _ = try parse(bytes: bytes)
+            return []
+        }
+        var out: [T] = []
+        try p.parseArrayElements { v in if let t = transform(v) { out.append(t) } }
+        p.skipWhitespace()
+        if p.pos != bytes.count { throw p.error("trailing characters after the document") }
+        return out
+    }
+}
+
 private struct JSONParser {
     let bytes: UnsafeBufferPointer<UInt8>
     var pos = 0
@@ -248,6 +271,22 @@ private struct JSONParser {
             guard pos < bytes.count else { throw error("unexpected end of input in array") }
             if bytes[pos] == UInt8(ascii: ",") { pos += 1; continue }
             if bytes[pos] == UInt8(ascii: "]") { pos += 1; return .array(a) }
+            throw error("expected ',' or ']'")
+        }
+    }
+
+    /// The top-level array, element by element (depth 1 for each element).
+    mutating func parseArrayElements(_ each: (JSONValue) -> Void) throws(JSONParseError) {
+        pos += 1
+        skipWhitespace()
+        if pos < bytes.count, bytes[pos] == UInt8(ascii: "]") { pos += 1; return }
+        while true {
+            skipWhitespace()
+            each(try parseValue(depth: 1))
+            skipWhitespace()
+            guard pos < bytes.count else { throw error("unexpected end of input in array") }
+            if bytes[pos] == UInt8(ascii: ",") { pos += 1; continue }
+            if bytes[pos] == UInt8(ascii: "]") { pos += 1; return }
             throw error("expected ',' or ']'")
         }
     }

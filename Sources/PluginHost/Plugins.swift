@@ -47,11 +47,19 @@ struct PluginCaller: Sendable {
     }
 
     func callJSON(_ operation: String, _ body: @escaping JSONCall) async throws(PluginError) -> JSONValue {
+        try await callParsed(operation, body) { bytes throws(JSONParseError) in try JSONValue.parse(bytes: bytes) }
+    }
+
+    /// A call whose JSON answer `parse` turns into a `T` on the plugin-call thread.
+    func callParsed<T: Sendable>(_ operation: String, _ body: @escaping JSONCall,
+                                 parse: @escaping @Sendable (UnsafeBufferPointer<UInt8>) throws(JSONParseError) -> T)
+        async throws(PluginError) -> T
+    {
         let handle = self.handle
         // The JSON is parsed on the plugin-call thread, straight from the plugin's buffer:
         // a large answer (a list of 10,000 domains) neither costs a copy nor occupies the
         // cooperative pool.
-        let outcome: (ca_status, String, Result<JSONValue, JSONParseError>?)
+        let outcome: (ca_status, String, Result<T, JSONParseError>?)
         let started = monotonicSeconds()
         do {
             outcome = try await executor.run(timeout: timeout) {
@@ -60,8 +68,8 @@ struct PluginCaller: Sendable {
                 let s = body(handle, &out, &err)
                 let parsed = out.map { p in
                     p.withMemoryRebound(to: UInt8.self, capacity: strlen(p)) { bytes in
-                        Result { () throws(JSONParseError) -> JSONValue in
-                            try JSONValue.parse(bytes: UnsafeBufferPointer(start: bytes, count: strlen(p)))
+                        Result { () throws(JSONParseError) -> T in
+                            try parse(UnsafeBufferPointer(start: bytes, count: strlen(p)))
                         }
                     }
                 }
@@ -108,6 +116,14 @@ public final class HypervisorPlugin: Sendable {
 
     public func listInstances() async throws(PluginError) -> JSONValue {
         try await caller.callJSON("list_instances") { h, out, err in Self.vt(h).list_instances!(h.state, out, err) }
+    }
+
+    /// `list_instances`, kept small: each domain becomes a `DomainSummary` as it is parsed
+    /// (entries without a string `uuid` are dropped). The periodic tasks use this one.
+    public func listDomains() async throws(PluginError) -> [DomainSummary] {
+        try await caller.callParsed("list_instances", { h, out, err in Self.vt(h).list_instances!(h.state, out, err) }) {
+            bytes throws(JSONParseError) in try JSONValue.parseElements(bytes: bytes, DomainSummary.init(listed:))
+        }
     }
 
     public func spawn(instance: JSONValue) async throws(PluginError) {
@@ -325,5 +341,25 @@ public struct PluginSet: Sendable {
             imageFetcher: ImageFetchPlugin(caller: try caller(.imageFetch, c.imageFetcher)),
             network: NetworkPlugin(caller: try caller(.network, c.networkPlugin)),
             executor: executor)
+    }
+}
+
+/// One domain of a hypervisor's `list_instances`, with only what the periodic tasks read.
+public struct DomainSummary: Sendable {
+    /// Lower-cased, as the records are keyed.
+    public var uuid: String
+    public var name: String
+    /// nova's power state number, nil when the plugin gave none.
+    public var powerState: Int?
+    public var vcpus: Int
+    public var memoryMB: Int
+
+    init?(listed d: JSONValue) {
+        guard let raw = d["uuid"]?.stringValue else { return nil }
+        uuid = raw.utf8.contains(where: { $0 >= 0x41 && $0 <= 0x5A }) ? raw.lowercased() : raw
+        name = d["name"]?.stringValue ?? ""
+        powerState = d["power_state"]?.intValue
+        vcpus = d["vcpus"]?.intValue ?? 0
+        memoryMB = d["memory_mb"]?.intValue ?? 0
     }
 }

@@ -24,3 +24,31 @@ import Testing
         #expect(try JSONValue.parse("\"ñ\\u00e9\\ud83d\\ude00\"") == .string("ñé😀"))
     }
 }
+
+/// `parseElements`: a plugin's large listing is turned into what the caller keeps, one
+/// element at a time, with the same strictness as `parse`.
+@Suite struct JSONElementStreamTests {
+    func elements(_ text: String) throws -> [String] {
+        var copy = text
+        return try copy.withUTF8 { buf in
+            try JSONValue.parseElements(bytes: buf) { $0["uuid"]?.stringValue }
+        }
+    }
+
+    @Test func eachElementIsTransformedAndNilsAreDropped() throws {
+        #expect(try elements(#" [ {"uuid": "a", "x": [1, {"y": 2}]}, {"name": "no uuid"}, {"uuid": "b"} ] "#) == ["a", "b"])
+        #expect(try elements("[]") == [])
+    }
+
+    @Test func aTopLevelThatIsNotAnArrayGivesNothing() throws {
+        #expect(try elements(#"{"uuid": "a"}"#) == [])
+        #expect(try elements("null") == [])
+    }
+
+    @Test func brokenOrTrailingTextIsRefused() {
+        #expect(throws: JSONParseError.self) { try elements(#"[{"uuid": "a"},"#) }
+        #expect(throws: JSONParseError.self) { try elements(#"[{"uuid": "a"}] x"#) }
+        #expect(throws: JSONParseError.self) { try elements(#"[01]"#) }
+        #expect(throws: JSONParseError.self) { try elements(#"{"a": "#) }
+    }
+}
