@@ -23,6 +23,10 @@ echo "== VIF plugs (linuxbridge plugin vs ip commands)"
 python3 Benchmarks/vifs.py
 echo "== metrics endpoint cost (drain and idle RSS with [metrics] listen on vs off)"
 python3 Benchmarks/metrics.py
+echo "== the cost curve: periodic tasks and memory at 100 … 50,000 instances (PNG plot)"
+python3 Benchmarks/scale.py
+echo "== where an idle agent's memory is (smaps by mapping)"
+python3 Benchmarks/smaps.py
 echo "== a rack on one broker (CA_BENCH_RACK agents, default 200, vs as many oslo.messaging anchors)"
 python3 Benchmarks/rack.py
 echo "== the agent vs nova-compute 34 (fake driver) under the real nova 34 control plane"

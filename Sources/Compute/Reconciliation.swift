@@ -187,15 +187,6 @@ extension ComputeManager {
             logger.warning("sync_power_states: cannot list domains: \(error)")
             return 0
         }
-        let large = list.count >= 1000
-        let looked = await syncPowerStates(listing: consume list)
-        // A large listing's parsed form is freed by now: give its pages back, or the
-        // process keeps the high-water mark of every pass (at 10,000 instances: MiBs).
-        if large { MemoryTrim.release() }
-        return looked
-    }
-
-    private func syncPowerStates(listing list: [DomainSummary]) async -> Int {
         // One pass over the listing: most instances agree with their domain, which is
         // decided synchronously; only the others go through the full rules below.
         var differing: [(String, PowerState?)] = []
@@ -338,8 +329,6 @@ extension ComputeManager {
     @discardableResult
     public func updateAvailableResource() async -> ResourceAudit? {
         await audit()
-        // The audit's listing is freed: as after sync_power_states, give a large one back.
-        if instances.count >= 1000 { MemoryTrim.release() }
         do { try await store.pruneOperations(keep: settings.operationsKept) } catch {
             logger.warning("could not prune the operation journal: \(error)")
         }

@@ -49,10 +49,15 @@ enum FileHandleStderr {
 // glibc gives every thread that allocates its own malloc arena; the plugin-call and
 // connection threads would each keep one, and a large plugin answer parsed on one of
 // them would stay in its arena. Two arenas keep the resident size near what is used.
-// (mallopt is not in Swift's Glibc module; M_ARENA_MAX is -8 in <malloc.h>.)
+// A fixed mmap threshold (256 KiB) keeps every large buffer — a plugin's listing of
+// 10,000 domains is ~1.5 MiB — in its own mapping, returned when freed; glibc's default
+// raises the threshold after the first such free and the buffers then stay in the heap.
+// (mallopt is not in Swift's Glibc module; M_ARENA_MAX is -8, M_MMAP_THRESHOLD -3 in <malloc.h>.)
 if let sym = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "mallopt") {
     typealias MallOpt = @convention(c) (Int32, Int32) -> Int32
-    _ = unsafeBitCast(sym, to: MallOpt.self)(-8, 2)
+    let mallopt = unsafeBitCast(sym, to: MallOpt.self)
+    _ = mallopt(-8, 2)
+    _ = mallopt(-3, 256 * 1024)
 }
 
 var configPaths: [String] = []

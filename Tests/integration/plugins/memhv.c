@@ -45,6 +45,7 @@ typedef struct memhv {
   int bad_host_info; /* answer host info with the wrong types, as a broken driver might */
   domain *doms;
   int count;
+  int cap; /* MAX_DOMAINS, or seed_count + MAX_DOMAINS when seeding more */
 } memhv;
 
 static void load(memhv *m) {
@@ -53,7 +54,7 @@ static void load(memhv *m) {
   FILE *f = fopen(m->state_file, "r");
   if (!f) return;
   domain d;
-  while (m->count < MAX_DOMAINS &&
+  while (m->count < m->cap &&
          fscanf(f, "%39s %d %d %d %127[^\n]\n", d.uuid, &d.power, &d.vcpus, &d.memory_mb, d.name) == 5)
     m->doms[m->count++] = d;
   fclose(f);
@@ -137,9 +138,12 @@ static ca_status m_init(const ca_host_api *host, void **state, ca_error *err) {
   m->spawn_sleep_ms = v ? atoi(v) : 1000;
   v = host->config_get(host->host_context, "bad_host_info");
   m->bad_host_info = v && strcmp(v, "true") == 0;
-  m->doms = calloc(MAX_DOMAINS, sizeof(domain));
   v = host->config_get(host->host_context, "seed_count");
-  for (int i = 0; v && i < atoi(v) && i < MAX_DOMAINS; i++) {
+  int seed = v ? atoi(v) : 0;
+  m->cap = seed > 0 ? seed + MAX_DOMAINS : MAX_DOMAINS;
+  m->doms = calloc((size_t)m->cap, sizeof(domain));
+  if (!m->doms) return ca_error_set(err, CA_ERR_FAILED, "memhv: out of memory for its domains");
+  for (int i = 0; i < seed; i++) {
     domain *d = &m->doms[m->count++];
     snprintf(d->uuid, sizeof d->uuid, "00000000-0000-4000-8000-%012d", i);
     snprintf(d->name, sizeof d->name, "seed-%d", i);
@@ -203,7 +207,7 @@ static ca_status m_spawn(void *state, const char *json, ca_error *err) {
   pthread_mutex_lock(&m->lock);
   load(m);
   domain *e = find(m, d.uuid);
-  if (e) *e = d; else if (m->count < MAX_DOMAINS) m->doms[m->count++] = d;
+  if (e) *e = d; else if (m->count < m->cap) m->doms[m->count++] = d;
   int rc = save(m);
   log_call(m, "spawn", d.uuid);
   pthread_mutex_unlock(&m->lock);
