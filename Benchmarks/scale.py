@@ -27,14 +27,18 @@ set xlabel "instances on the host"
 set grid
 set key top left
 set ylabel "milliseconds"
-plot "-" using 1:2 with linespoints title "sync\\_power\\_states", "-" using 1:3 with linespoints title "resource audit", "-" using 1:5 with linespoints title "exec → consuming", x/1000 with lines dt 2 title "1 µs × N (linear)"
+plot "-" using 1:2 with linespoints title "sync_power_states" noenhanced, "-" using 1:3 with linespoints title "resource audit", "-" using 1:5 with linespoints title "exec → consuming", x/1000 with lines dt 2 title "1 µs × N (linear)"
 {data}
 e
 {data}
 e
 {data}
 e
-set ylabel "MiB"
+set ylabel "MiB (both axes linear: a straight line is linear growth)"
+unset logscale xy
+set xrange [0:*]
+set xtics rotate by -30
+set yrange [0:*]
 plot "-" using 1:4 with linespoints title "RSS"
 {data}
 e
@@ -46,7 +50,12 @@ unset multiplot
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--counts", default="100,1000,10000,50000")
+    ap.add_argument("--replot", action="store_true", help="draw scale.png again from results/scale.json")
     args = ap.parse_args()
+    if args.replot:
+        out = bench.ROOT / "Benchmarks" / "results"
+        plot(json.loads((out / "scale.json").read_text()), out / "scale.png")
+        return
     bench.setup_broker_user()
     rows = []
     for n in [int(c) for c in args.counts.split(",")]:
