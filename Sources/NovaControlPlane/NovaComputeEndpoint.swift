@@ -25,12 +25,12 @@ public final class NovaComputeEndpoint: RPCEndpoint {
     /// its task state back, a fault saying so, and the action's event fails — rather than
     /// a task state that never clears.
     static let notImplemented: Set<String> = [
-        "resize_instance", "prep_resize", "finish_resize", "confirm_resize", "revert_resize",
+        "resize_instance", "finish_resize", "confirm_resize", "revert_resize",
         "backup_instance", "shelve_instance",
         "shelve_offload_instance", "unshelve_instance", "soft_delete_instance", "restore_instance",
         "trigger_crash_dump", "inject_network_info", "reset_network", "change_instance_metadata",
     ]
-    static let methods: Set<String> = Set(lifecycle.keys).union(["build_and_run_instance", "terminate_instance",
+    static let methods: Set<String> = Set(lifecycle.keys).union(["build_and_run_instance", "terminate_instance", "prep_resize",
                                                                  "get_host_uptime", "get_console_output", "set_host_enabled"])
         .union(notImplemented)
 
@@ -73,6 +73,7 @@ public final class NovaComputeEndpoint: RPCEndpoint {
             if let t = request.args["tail_length"] { args["tail_length"] = t }
             return try await native("get_console_output", args, request)
         case "build_and_run_instance": return try await build(request)
+        case "prep_resize": return try await refusePrepResize(request)
         case let m where Self.notImplemented.contains(m): return try await refuse(request)
         case "terminate_instance": return try await terminate(request)
         default: return try await action(request)
@@ -314,6 +315,31 @@ public final class NovaComputeEndpoint: RPCEndpoint {
             logger.warning("nova: event_start \(event) of \(t.uuid) failed: \(error)")
         }
         await reportFailure(&t, event: event, why: why, values: ["task_state": .null], ctx)
+        return .null
+    }
+
+    /// A resize or cold migration this dialect does not run, refused where nova's own
+    /// destination would refuse it (prep_resize): by then the conductor has made a
+    /// Migration and moved the instance's allocation to it (the instance holding the new
+    /// flavor's), so the allocation goes back to the instance and the migration to
+    /// `error` — nothing stays claimed — and the server keeps its flavor and state.
+    func refusePrepResize(_ request: RPCRequest) async throws -> JSONValue {
+        var t = try instanceObject(request)
+        let ctx = request.context
+        let event = "compute_prep_resize"
+        let why = "compute-agent does not run resize or migrate in the nova dialect yet (docs/nova-dropin.md); the server keeps its flavor"
+        logger.error("nova: \(why)", metadata: ["instance_uuid": "\(t.uuid)"])
+        do { try await eventStart(t.uuid, event, ctx) } catch {
+            logger.warning("nova: event_start \(event) of \(t.uuid) failed: \(error)")
+        }
+        if var migration = NovaObject(primitive: request.args["migration"] ?? .null), let id = migration["uuid"]?.stringValue {
+            await plane.moveAllocations(from: id, to: t.uuid)
+            migration.set("status", "error")
+            do { try await conductor.objectAction(&migration, "save", context: ctx) } catch {
+                logger.warning("nova: could not save migration \(id) as error: \(error)")
+            }
+        }
+        await reportFailure(&t, event: event, why: why, values: ["task_state": .null, "vm_state": t.object["vm_state"] ?? "active"], ctx)
         return .null
     }
 

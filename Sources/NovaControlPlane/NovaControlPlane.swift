@@ -485,6 +485,35 @@ public final class NovaControlPlane: ControlPlane {
         }
     }
 
+    /// nova's `move_allocations`: what `source` (a migration) holds in placement becomes
+    /// `target`'s (the instance's) in one POST, and `source` holds nothing — how a move
+    /// that did not happen gives the instance its old allocation back. False when the
+    /// source holds nothing.
+    @discardableResult
+    func moveAllocations(from source: String, to target: String) async -> Bool {
+        do {
+            guard let src = try await placement.expect("GET", "/allocations/\(source)", version: "1.28"),
+                  let allocs = src["allocations"]?.objectValue, !allocs.isEmpty
+            else { return false }
+            let dst = try await placement.expect("GET", "/allocations/\(target)", version: "1.28")
+            var moved: [String: JSONValue] = [:]
+            for (rp, a) in allocs { moved[rp] = .object(["resources": a["resources"] ?? .object([:])]) }
+            let owner: [String: JSONValue] = ["project_id": src["project_id"] ?? .null, "user_id": src["user_id"] ?? .null]
+            var from = owner, to = owner
+            from["allocations"] = .object([:])
+            from["consumer_generation"] = src["consumer_generation"] ?? .null
+            to["allocations"] = .object(moved)
+            to["consumer_generation"] = dst?["consumer_generation"] ?? .null
+            _ = try await placement.expect("POST", "/allocations", version: "1.28",
+                                           body: .object([source: .object(from), target: .object(to)]))
+            logger.info("placement: moved the allocation of \(source) back to \(target)")
+            return true
+        } catch {
+            logger.warning("placement: cannot move the allocation of \(source) to \(target): \(error)")
+            return false
+        }
+    }
+
     // MARK: - ControlPlane
 
     public func heartbeat(count: Int, uptime: Double) async throws {

@@ -372,6 +372,39 @@ def test_an_action_the_dialect_does_not_run_fails_cleanly_instead_of_hanging(pla
     assert wait(lambda: server(sid) is None, timeout=60)
 
 
+def test_a_resize_is_refused_cleanly_keeping_the_flavor_and_the_allocation(plane, agent, flavor, image):
+    """Resize is not run by the dialect yet: the conductor has already made a Migration
+    and moved the instance's allocation to it when prep_resize arrives, so the refusal
+    must give the allocation back and end the migration, not leave them claimed."""
+    code, b = req("POST", "/flavors", {"flavor": {"name": "tiny-bigger", "ram": 512, "vcpus": 1, "disk": 1}})
+    assert code == 200, b
+    bigger = b["flavor"]["id"]
+    sid = boot("vm-resize", image, flavor)
+    assert settle(sid, "ACTIVE")["status"] == "ACTIVE"
+    node = (agent.state / "nova-compute-node-uuid").read_text().strip()
+    code, b = req("POST", f"/servers/{sid}/action", {"resize": {"flavorRef": bigger}})
+    assert code == 202, b
+    s = settle(sid, "ACTIVE")
+    assert s["status"] == "ACTIVE" and s["flavor"]["original_name"] == "tiny" and s["OS-EXT-STS:task_state"] is None, s
+    alloc = placement(f"/allocations/{sid}")[1]["allocations"]
+    assert list(alloc) == [node] and alloc[node]["resources"] == {"VCPU": 1, "MEMORY_MB": 256, "DISK_GB": 1}, alloc
+    migrations = req("GET", f"/os-migrations?instance_uuid={sid}")[1]["migrations"]
+    assert [m["status"] for m in migrations] == ["error"], migrations
+    assert placement(f"/allocations/{migrations[0]['uuid']}")[1]["allocations"] == {}, "the migration kept its allocation"
+    actions = req("GET", f"/servers/{sid}/os-instance-actions")[1]["instanceActions"]
+    resize = [a for a in actions if a["action"] == "resize"][0]
+    detail = req("GET", f"/servers/{sid}/os-instance-actions/{resize['request_id']}")[1]["instanceAction"]
+    event = [e for e in detail["events"] if e["event"] == "compute_prep_resize"]
+    assert event and event[0]["result"] == "Error", detail["events"]
+    # nova shows a fault only on an ERROR server; the event says why (admins see it).
+    assert "does not run resize" in (event[0].get("traceback") or ""), event[0]
+    # The server is still fully usable.
+    act(sid, {"reboot": {"type": "SOFT"}}, "ACTIVE")
+    assert req("DELETE", f"/servers/{sid}")[0] == 204
+    assert wait(lambda: server(sid) is None, timeout=60)
+    assert placement(f"/allocations/{sid}")[1]["allocations"] == {}
+
+
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
 def test_a_restart_keeps_the_service_the_node_and_the_instances(plane, memhv_agent, flavor, image, how):
     agent = memhv_agent
