@@ -10,7 +10,7 @@ import PackageDescription
 //   InstanceStore  – the crash-safe records of instances and operations (SQLite, WAL)
 //   JSON           – the JSON value type, parser and writer (wire format and plugin calls)
 //   AgentSupport   – configuration file parsing, logging, threads shared by the executables
-//   HTTPShim       – a small blocking HTTP client over libcurl for the image plugins
+//   HTTPShim       – a small blocking HTTP client over libcurl (dlopen'ed) for placement and the image plugins
 //   NetlinkShim    – rtnetlink link/address operations over libmnl for the network plugins
 //   AgentMetrics   – Prometheus metrics (swift-prometheus), /metrics and /healthz responder
 //   NativeControlPlane – the agent's own dialect behind Compute's ControlPlane seam
@@ -48,11 +48,11 @@ let package = Package(
                        providers: [.apt(["libsystemd-dev"])]),
         .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3",
                        providers: [.apt(["libsqlite3-dev"])]),
-        .systemLibrary(name: "CCurl", pkgConfig: "libcurl",
-                       providers: [.apt(["libcurl4-openssl-dev"])]),
         .systemLibrary(name: "CCrypto", pkgConfig: "libcrypto",
                        providers: [.apt(["libssl-dev"])]),
-        .target(name: "HTTPShim", dependencies: ["CCurl"]),
+        // libcurl's headers (libcurl4-openssl-dev) at build time; the library itself is
+        // loaded with dlopen at the first request (docs/performance.md, idle memory).
+        .target(name: "HTTPShim"),
         .systemLibrary(name: "CMnl", pkgConfig: "libmnl", providers: [.apt(["libmnl-dev"])]),
         .target(name: "NetlinkShim", dependencies: ["CMnl"]),
 

@@ -62,9 +62,11 @@ case "${1:-}" in
     install_venv
     configure
     echo "glance: starting at $URL (data and access log in $DIR)"
-    (cd "$DIR" && OS_GLANCE_CONFIG_DIR="$DIR" nohup "$VENV/bin/gunicorn" -b "127.0.0.1:$PORT" -w 1 --threads 8 \
+    # The whole background subshell gets the log as its output (not only gunicorn): a
+    # caller that reads this script's output to its end must not wait for Glance to exit.
+    (cd "$DIR" && OS_GLANCE_CONFIG_DIR="$DIR" exec nohup "$VENV/bin/gunicorn" -b "127.0.0.1:$PORT" -w 1 --threads 8 \
         --timeout 600 --access-logfile "$DIR/access.log" --pid "$DIR/gunicorn.pid" \
-        glance.wsgi.api:application >"$DIR/gunicorn.log" 2>&1 </dev/null &)
+        glance.wsgi.api:application) >"$DIR/gunicorn.log" 2>&1 </dev/null &
     for _ in $(seq 1 60); do
       if healthy; then echo "glance: ready"; exit 0; fi
       sleep 0.5

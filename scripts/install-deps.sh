@@ -12,7 +12,7 @@ DEB_PACKAGES=(
   libvirt-dev            # the libvirt hypervisor plugin
   libsqlite3-dev         # the crash-safe instance store (InstanceStore module)
   libsystemd-dev         # journald / sd_notify (daemon integration)
-  libcurl4-openssl-dev   # HTTP for the glance image-fetch plugin (libcurl through a C shim)
+  libcurl4-openssl-dev   # HTTP (placement, the glance plugin): headers to build; libcurl is dlopen'ed at the first request
   libssl-dev             # libcrypto digests (sha512/md5/sha256) for the image plugins
   curl                   # scripts/glance.sh health checks
   cpio syslinux syslinux-common mtools dosfstools fdisk xz-utils   # scripts/build-guest.sh
