@@ -29,8 +29,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 
 import pika
 
@@ -38,26 +36,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 RELEASE = ROOT / ".build" / "release"
 PLANE = ROOT / "scripts" / "nova-control-plane.sh"
 NOVA_VENV = pathlib.Path(os.environ.get("NOVA_VENV", "/var/lib/compute-agent-test/nova-venv"))
-API = "http://127.0.0.1:8774/v2.1"
-GLANCE = "http://127.0.0.1:9292"
-HDR = {"X-Auth-Token": "admin:admin", "Content-Type": "application/json", "X-OpenStack-Nova-API-Version": "2.100"}
-
-
-def req(method, path, body=None, base=API, headers=HDR):
-    data = json.dumps(body).encode() if body is not None else None
-    r = urllib.request.Request(base + path, data=data, method=method, headers=headers)
-    try:
-        with urllib.request.urlopen(r, timeout=60) as resp:
-            raw = resp.read()
-            return resp.status, (json.loads(raw) if raw else None)
-    except urllib.error.HTTPError as e:
-        raw = e.read()
-        try:
-            return e.code, json.loads(raw)
-        except ValueError:
-            return e.code, raw.decode(errors="replace")
-
-
+sys.path.insert(0, str(ROOT / "Tests" / "integration"))
+from nova_rest import GLANCE, req, upload_image  # noqa: E402  (the drop-in tests' REST helpers)
 def wait(pred, timeout, every=0.02):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -116,17 +96,6 @@ def memory(pid):
 def service(host):
     code, b = req("GET", "/os-services?binary=nova-compute")
     return next((s for s in b["services"] if s["host"] == host), None) if code == 200 else None
-
-
-def upload_image():
-    body = json.dumps({"name": "bench-tiny", "disk_format": "raw", "container_format": "bare", "visibility": "public"}).encode()
-    r = urllib.request.Request(f"{GLANCE}/v2/images", data=body, method="POST", headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(r, timeout=30) as resp:
-        iid = json.loads(resp.read())["id"]
-    r = urllib.request.Request(f"{GLANCE}/v2/images/{iid}/file", data=b"\0" * 1048576, method="PUT",
-                               headers={"Content-Type": "application/octet-stream"})
-    urllib.request.urlopen(r, timeout=60).read()
-    return iid
 
 
 def measure(name, host, argv, cwd, plane_dir, image, flavor, boots):
@@ -197,7 +166,7 @@ def main():
     subprocess.run(["bash", str(PLANE), "start"], check=True)
     plane = pathlib.Path(subprocess.run(["bash", str(PLANE), "dir"], capture_output=True, text=True, check=True).stdout.strip())
     try:
-        image = upload_image()
+        image = upload_image(b"\0" * 1048576, name="bench-tiny")
         code, b = req("POST", "/flavors", {"flavor": {"name": "bench", "ram": 256, "vcpus": 1, "disk": 1}})
         assert code == 200, b
         flavor = b["flavor"]["id"]

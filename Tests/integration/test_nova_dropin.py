@@ -16,20 +16,16 @@ import pathlib
 import signal
 import subprocess
 import time
-import urllib.error
 import urllib.request
 import uuid
 
 import pytest
 
 from conftest import BUILD, ROOT, Agent, edit_domains
+from nova_rest import GLANCE, placement, req, upload_image
 from test_libvirt_qemu import libvirtd_reason
 from test_real_guest import tiny_guest  # noqa: F401  (the session's guest build)
 
-API = "http://127.0.0.1:8774/v2.1"
-PLACEMENT = "http://127.0.0.1:8778"
-GLANCE = "http://127.0.0.1:9292"
-HDR = {"X-Auth-Token": "admin:admin", "Content-Type": "application/json", "X-OpenStack-Nova-API-Version": "2.100"}
 
 
 @pytest.fixture(scope="module")
@@ -41,26 +37,6 @@ def plane():
     d = pathlib.Path(subprocess.run(["bash", str(script), "dir"], capture_output=True, text=True, check=True).stdout.strip())
     yield d
     subprocess.run(["bash", str(script), "stop"], capture_output=True, text=True, timeout=120)
-
-
-def req(method, path, body=None, base=API, headers=HDR):
-    """One REST request: (status, decoded body)."""
-    data = json.dumps(body).encode() if body is not None else None
-    r = urllib.request.Request(base + path, data=data, method=method, headers=headers)
-    try:
-        with urllib.request.urlopen(r, timeout=60) as resp:
-            raw = resp.read()
-            return resp.status, (json.loads(raw) if raw else None)
-    except urllib.error.HTTPError as e:
-        raw = e.read()
-        try:
-            return e.code, json.loads(raw)
-        except ValueError:
-            return e.code, raw.decode(errors="replace")
-
-
-def placement(path):
-    return req("GET", path, base=PLACEMENT, headers={"X-Auth-Token": "admin", "OpenStack-API-Version": "placement 1.39"})
 
 
 def wait(pred, timeout=60, every=0.2):
@@ -83,17 +59,6 @@ def db(name, sql, *args):
     assert p.returncode == 0, p.stderr
     conv = lambda v: None if v == "NULL" else int(v) if v.lstrip("-").isdigit() else v
     return [tuple(conv(v) for v in line.split("\t")) for line in p.stdout.splitlines()]
-
-
-def upload_image(data, disk_format="raw", name="tiny"):
-    body = json.dumps({"name": name, "disk_format": disk_format, "container_format": "bare", "visibility": "public"}).encode()
-    r = urllib.request.Request(f"{GLANCE}/v2/images", data=body, method="POST", headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(r, timeout=30) as resp:
-        iid = json.loads(resp.read())["id"]
-    r = urllib.request.Request(f"{GLANCE}/v2/images/{iid}/file", data=data, method="PUT",
-                               headers={"Content-Type": "application/octet-stream"})
-    urllib.request.urlopen(r, timeout=60).read()
-    return iid
 
 
 def nova_agent(tmp_path, plane, plugin_dir=BUILD, hypervisor="libvirt", extra="", section=None):
