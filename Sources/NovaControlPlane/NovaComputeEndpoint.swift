@@ -304,17 +304,20 @@ public final class NovaComputeEndpoint: RPCEndpoint {
         }
     }
 
-    /// A cast this dialect does not run: reported as nova reports a failed action.
-    func refuse(_ request: RPCRequest) async throws -> JSONValue {
+    /// A cast this dialect does not run: reported as nova reports a failed action (the
+    /// task state reverts; with `keepVMState` the vm_state is saved as it was).
+    func refuse(_ request: RPCRequest, why custom: String? = nil, keepVMState: Bool = false) async throws -> JSONValue {
         var t = try instanceObject(request)
         let ctx = request.context
         let event = "compute_\(request.method)"
-        let why = "compute-agent does not run \(request.method) in the nova dialect yet (docs/nova-dropin.md)"
+        let why = custom ?? "compute-agent does not run \(request.method) in the nova dialect yet (docs/nova-dropin.md)"
         logger.error("nova: \(why)", metadata: ["instance_uuid": "\(t.uuid)"])
         do { try await eventStart(t.uuid, event, ctx) } catch {
             logger.warning("nova: event_start \(event) of \(t.uuid) failed: \(error)")
         }
-        await reportFailure(&t, event: event, why: why, values: ["task_state": .null], ctx)
+        var values: [String: JSONValue] = ["task_state": .null]
+        if keepVMState { values["vm_state"] = t.object["vm_state"] ?? "active" }
+        await reportFailure(&t, event: event, why: why, values: values, ctx)
         return .null
     }
 
@@ -324,23 +327,16 @@ public final class NovaComputeEndpoint: RPCEndpoint {
     /// flavor's), so the allocation goes back to the instance and the migration to
     /// `error` — nothing stays claimed — and the server keeps its flavor and state.
     func refusePrepResize(_ request: RPCRequest) async throws -> JSONValue {
-        var t = try instanceObject(request)
-        let ctx = request.context
-        let event = "compute_prep_resize"
-        let why = "compute-agent does not run resize or migrate in the nova dialect yet (docs/nova-dropin.md); the server keeps its flavor"
-        logger.error("nova: \(why)", metadata: ["instance_uuid": "\(t.uuid)"])
-        do { try await eventStart(t.uuid, event, ctx) } catch {
-            logger.warning("nova: event_start \(event) of \(t.uuid) failed: \(error)")
-        }
+        let t = try instanceObject(request)
         if var migration = NovaObject(primitive: request.args["migration"] ?? .null), let id = migration["uuid"]?.stringValue {
             await plane.moveAllocations(from: id, to: t.uuid)
             migration.set("status", "error")
-            do { try await conductor.objectAction(&migration, "save", context: ctx) } catch {
+            do { try await conductor.objectAction(&migration, "save", context: request.context) } catch {
                 logger.warning("nova: could not save migration \(id) as error: \(error)")
             }
         }
-        await reportFailure(&t, event: event, why: why, values: ["task_state": .null, "vm_state": t.object["vm_state"] ?? "active"], ctx)
-        return .null
+        return try await refuse(request, why: "compute-agent does not run resize or migrate in the nova dialect yet (docs/nova-dropin.md); the server keeps its flavor",
+                                keepVMState: true)
     }
 
     /// Reports a failed action as nova-compute does: `values` saved (at least nova's
