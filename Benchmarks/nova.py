@@ -37,16 +37,7 @@ RELEASE = ROOT / ".build" / "release"
 PLANE = ROOT / "scripts" / "nova-control-plane.sh"
 NOVA_VENV = pathlib.Path(os.environ.get("NOVA_VENV", "/var/lib/compute-agent-test/nova-venv"))
 sys.path.insert(0, str(ROOT / "Tests" / "integration"))
-from nova_rest import GLANCE, req, upload_image  # noqa: E402  (the drop-in tests' REST helpers)
-def wait(pred, timeout, every=0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(every)
-    return None
-
+from nova_rest import GLANCE, req, upload_image, wait  # noqa: E402  (the drop-in tests' REST helpers)
 
 def consumers(queue):
     """Consumers on a queue of the control plane's vhost (0 when it does not exist)."""
@@ -104,13 +95,13 @@ def measure(name, host, argv, cwd, plane_dir, image, flavor, boots):
     log = open(pathlib.Path(cwd) / f"{name}.out", "w")
     t0 = time.monotonic()
     proc = subprocess.Popen(argv, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-    up = wait(lambda: (lambda s: s and s["state"] == "up")(service(host)), timeout=120)
+    up = wait(lambda: (lambda s: s and s["state"] == "up")(service(host)), timeout=120, every=0.02)
     t_up = time.monotonic() - t0
     assert up, f"{name} never came up in the service list"
-    assert wait(lambda: consumers(f"compute.{host}") > 0, timeout=120), f"{name} never consumed compute.{host}"
+    assert wait(lambda: consumers(f"compute.{host}") > 0, timeout=120, every=0.02), f"{name} never consumed compute.{host}"
     t_consuming = time.monotonic() - t0
     assert wait(lambda: any(h["hypervisor_hostname"] == host for h in req("GET", "/os-hypervisors")[1]["hypervisors"]),
-                timeout=120), f"{name}: no hypervisor"
+                timeout=120, every=0.02), f"{name}: no hypervisor"
     t_hypervisor = time.monotonic() - t0
     print(f"   up {t_up:.2f} s, consuming {t_consuming:.2f} s, hypervisor listed {t_hypervisor:.2f} s", flush=True)
     # The scheduler maps a new host into cell1 every few seconds; boots wait for that.
@@ -130,11 +121,11 @@ def measure(name, host, argv, cwd, plane_dir, image, flavor, boots):
             if s["status"] == "ERROR":
                 raise SystemExit(f"{name}: server {sid} ERROR: {s.get('fault')}")
             return s["status"] == "ACTIVE" and s["OS-EXT-STS:task_state"] is None and s["OS-EXT-SRV-ATTR:host"] == host
-        assert wait(active, timeout=120), f"{name}: {sid} never ACTIVE"
+        assert wait(active, timeout=120, every=0.02), f"{name}: {sid} never ACTIVE"
         creates.append(time.monotonic() - t)
         t = time.monotonic()
         assert req("DELETE", f"/servers/{sid}")[0] == 204
-        assert wait(lambda: req("GET", f"/servers/{sid}")[0] == 404, timeout=120), f"{name}: {sid} never deleted"
+        assert wait(lambda: req("GET", f"/servers/{sid}")[0] == 404, timeout=120, every=0.02), f"{name}: {sid} never deleted"
         deletes.append(time.monotonic() - t)
     time.sleep(2)
     rss, pss = memory(proc.pid)

@@ -2,6 +2,7 @@
 keystone: nova-api takes `X-Auth-Token: admin:admin`, placement `admin`), shared by the
 drop-in tests and Benchmarks/nova.py."""
 import json
+import time
 import urllib.error
 import urllib.request
 
@@ -41,3 +42,14 @@ def upload_image(data, disk_format="raw", name="tiny"):
                                headers={"Content-Type": "application/octet-stream"})
     urllib.request.urlopen(r, timeout=60).read()
     return iid
+
+
+def wait(pred, timeout=60, every=0.2):
+    """`pred()`'s first true value within `timeout` seconds, polled every `every`; else None."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(every)
+    return None

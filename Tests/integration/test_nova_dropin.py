@@ -22,7 +22,7 @@ import uuid
 import pytest
 
 from conftest import BUILD, ROOT, Agent, edit_domains
-from nova_rest import GLANCE, placement, req, upload_image
+from nova_rest import GLANCE, placement, req, upload_image, wait
 from test_libvirt_qemu import libvirtd_reason
 from test_real_guest import tiny_guest  # noqa: F401  (the session's guest build)
 
@@ -38,15 +38,6 @@ def plane():
     yield d
     subprocess.run(["bash", str(script), "stop"], capture_output=True, text=True, timeout=120)
 
-
-def wait(pred, timeout=60, every=0.2):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(every)
-    return None
 
 
 def db(name, sql, *args):
