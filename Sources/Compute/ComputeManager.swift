@@ -269,7 +269,7 @@ public actor ComputeManager {
             if let record { notify(action, "end", record) }
             return result
         } catch {
-            let failure = await recordFailure(action, uuid: uuid, error: error)
+            let failure = await recordFailure(action, uuid: uuid, error: error, step: op.step)
             op.state = .failed
             op.result = .object(["error": .string(failure.code.rawValue), "message": .string(failure.message)])
             openOperations[uuid] = nil
@@ -323,7 +323,8 @@ public actor ComputeManager {
     }
 
     /// After a failed action: roll back what applies, clear the task, keep the reason.
-    private func recordFailure(_ action: InstanceAction, uuid: String, error: Error) async -> ComputeError {
+    /// `step` is how far the action got (a failed build names it: fetch, plug, spawn).
+    private func recordFailure(_ action: InstanceAction, uuid: String, error: Error, step: String?) async -> ComputeError {
         let reason = "\(error)"
         let l = log(uuid)
         guard var r = instances[uuid] else {
@@ -340,7 +341,7 @@ public actor ComputeManager {
             r.taskState = nil
             instances[uuid] = r
             return ComputeError(code: .buildFailed, message: "Build of instance \(uuid) aborted: \(reason)",
-                                kwargs: ["instance_uuid": .string(uuid), "reason": .string(reason)])
+                                kwargs: ["instance_uuid": .string(uuid), "reason": .string(reason), "step": step.map { .string($0) } ?? .null])
         case .resize:
             if let old = r.oldFlavor {
                 r.flavor = old

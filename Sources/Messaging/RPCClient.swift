@@ -104,11 +104,12 @@ public final class RPCClient: Sendable {
     /// Whether the client's connection is up.
     public var isConnected: Bool { worker.isConnected }
 
-    /// Casts `method` to `topic` (or `topic.server`); nothing comes back.
+    /// Casts `method` (of the target's `namespace`, if any) to `topic` (or
+    /// `topic.server`); nothing comes back.
     public func cast(topic: String, server: String? = nil, method: String, args: [String: JSONValue],
-                     version: String? = nil, context: [String: JSONValue] = [:]) async throws(AMQPError)
+                     namespace: String? = nil, version: String? = nil, context: [String: JSONValue] = [:]) async throws(AMQPError)
     {
-        let r = RPCRequest(method: method, args: args, version: version, context: context)
+        let r = RPCRequest(method: method, args: args, namespace: namespace, version: version, context: context)
         try await publish(exchange: options.exchange, type: "topic", routingKey: server.map { "\(topic).\($0)" } ?? topic,
                           body: OsloMessage.requestBody(r), expiration: nil)
     }

@@ -25,14 +25,13 @@ public final class NovaComputeEndpoint: RPCEndpoint {
     /// its task state back, a fault saying so, and the action's event fails — rather than
     /// a task state that never clears.
     static let notImplemented: Set<String> = [
-        "resize_instance", "finish_resize", "confirm_resize", "revert_resize",
         "backup_instance", "shelve_instance",
         "shelve_offload_instance", "unshelve_instance", "soft_delete_instance", "restore_instance",
         "trigger_crash_dump", "inject_network_info", "reset_network", "change_instance_metadata",
     ]
-    static let methods: Set<String> = Set(lifecycle.keys).union(["build_and_run_instance", "terminate_instance", "prep_resize",
+    static let methods: Set<String> = Set(lifecycle.keys).union(["build_and_run_instance", "terminate_instance",
                                                                  "get_host_uptime", "get_console_output", "set_host_enabled"])
-        .union(notImplemented)
+        .union(notImplemented).union(resizeMethods)
 
     let plane: NovaControlPlane
     let manager: ComputeManager
@@ -73,7 +72,7 @@ public final class NovaComputeEndpoint: RPCEndpoint {
             if let t = request.args["tail_length"] { args["tail_length"] = t }
             return try await native("get_console_output", args, request)
         case "build_and_run_instance": return try await build(request)
-        case "prep_resize": return try await refusePrepResize(request)
+        case let m where Self.resizeMethods.contains(m): return try await resizeStep(request)
         case let m where Self.notImplemented.contains(m): return try await refuse(request)
         case "terminate_instance": return try await terminate(request)
         default: return try await action(request)
@@ -100,12 +99,13 @@ public final class NovaComputeEndpoint: RPCEndpoint {
         return Target(object: object, uuid: uuid.lowercased())
     }
 
-    /// Runs a native API method on the manager with this message's context and unique id.
+    /// Runs a native API method on the manager with this message's context and unique id
+    /// (the journal's dedupe key; a second action for the same message names its `part`).
     /// The cast's acknowledgement stays with the RPC server (after the conductor heard the
     /// outcome), so a crash in between redelivers it.
-    func native(_ method: String, _ args: [String: JSONValue], _ request: RPCRequest) async throws -> JSONValue {
-        let inner = RPCRequest(method: method, args: args, version: ComputeManager.apiVersion, uniqueID: request.uniqueID.map { "nova-\($0)" },
-                               context: request.context)
+    func native(_ method: String, _ args: [String: JSONValue], _ request: RPCRequest, part: String? = nil) async throws -> JSONValue {
+        let id = request.uniqueID.map { "nova-\($0)" + (part.map { "-" + $0 } ?? "") }
+        let inner = RPCRequest(method: method, args: args, version: ComputeManager.apiVersion, uniqueID: id, context: request.context)
         return try await manager.handle(inner, delivery: .none)
     }
 
@@ -195,11 +195,73 @@ public final class NovaComputeEndpoint: RPCEndpoint {
         } catch {
             if Self.mustRequeue(error) { throw error }
             let why = Self.message(error)
+            if Self.mayWorkElsewhere(error), let retry = request.args["filter_properties"]?["retry"]?.objectValue {
+                await reschedule(&t, request, retry: retry, why: why, event: event)
+                return .null
+            }
             logger.error("nova: build of \(t.uuid) failed: \(why)")
             await plane.deleteAllocation(t.uuid)
             await reportFailure(&t, event: event, why: why,
                                 values: ["vm_state": "error", "task_state": .null, "host": .null, "node": .null, "compute_id": .null], ctx)
             return .null
+        }
+    }
+
+    /// A build failure another host may not have, as nova tells them apart: the
+    /// hypervisor could not plug or spawn the guest, or the host had no room. An image
+    /// that cannot be fetched or checked, or bad input, fails the same everywhere.
+    static func mayWorkElsewhere(_ error: Error) -> Bool {
+        guard let f = (error as? RemoteFailureConvertible)?.remoteFailure else { return false }
+        switch f.className {
+        case "ComputeResourcesUnavailable": return true
+        case "BuildAbortException": return ["plug", "spawn"].contains(f.kwargs["step"]?.stringValue ?? "")
+        default: return false
+        }
+    }
+
+    /// nova-compute's reschedule (its `RescheduledException` path) when the scheduler
+    /// left retry information: the agent's record of the failed build goes (the instance is
+    /// no longer this host's), host and node are cleared with task `scheduling`, the
+    /// allocation is deleted, and the conductor is asked (`compute_task` 1.19
+    /// `build_instances`) to build it on one of the scheduler's alternates (`host_list`);
+    /// with none left the conductor puts it in ERROR ("Exhausted all hosts"). The event of
+    /// the build on this host succeeds, as nova's does; the reason travels in
+    /// `filter_properties.retry.exc_reason`. If the conductor cannot be told, the build
+    /// fails here as one without retry information would (the event is then finished
+    /// twice, the second time with the error).
+    func reschedule(_ t: inout Target, _ request: RPCRequest, retry: [String: JSONValue], why: String, event: String) async {
+        let ctx = request.context
+        logger.warning("nova: build of \(t.uuid) failed on this host, rescheduling: \(why)")
+        var retry = retry
+        retry["exc"] = .array(["Traceback (most recent call last):\n", .string("compute-agent (\(host)): \(why)\n")])
+        retry["exc_reason"] = .string(why)
+        var filter = request.args["filter_properties"]?.objectValue ?? [:]
+        filter["retry"] = .object(retry)
+        do {
+            _ = try await native("terminate_instance", ["instance_uuid": .string(t.uuid)], request, part: "reschedule")
+        } catch {
+            logger.warning("nova: could not remove the failed build of \(t.uuid) before rescheduling: \(error)")
+        }
+        do {
+            try await save(&t, ["host": .null, "node": .null, "compute_id": .null, "task_state": "scheduling"], expected: nil, ctx)
+            await plane.deleteAllocation(t.uuid)
+            var args: [String: JSONValue] = ["instances": .array([t.object.primitive]), "image": request.args["image"] ?? .object([:]),
+                                             "filter_properties": .object(filter),
+                                             "host_lists": .array([request.args["host_list"] ?? .array([])])]
+            for key in ["admin_password", "injected_files", "requested_networks", "security_groups", "request_spec"] {
+                args[key] = request.args[key] ?? .null
+            }
+            // Finished before the cast (nova: after): nova's event_finish takes the first row
+            // of that name in the action, which the next host's attempt would add.
+            await eventFinish(t.uuid, event, error: nil, ctx)
+            try await plane.handlerClient.cast(topic: "conductor", method: "build_instances", args: args, namespace: "compute_task",
+                                               version: "1.19", context: ctx)
+        } catch {
+            let failure = "\(why) (and it could not be rescheduled: \(Self.message(error)))"
+            logger.error("nova: build of \(t.uuid) failed: \(failure)")
+            await plane.deleteAllocation(t.uuid)
+            await reportFailure(&t, event: event, why: failure,
+                                values: ["vm_state": "error", "task_state": .null, "host": .null, "node": .null, "compute_id": .null], ctx)
         }
     }
 
@@ -321,22 +383,18 @@ public final class NovaComputeEndpoint: RPCEndpoint {
         return .null
     }
 
-    /// A resize or cold migration this dialect does not run, refused where nova's own
+    /// A resize or cold migration this host cannot take, refused where nova's own
     /// destination would refuse it (prep_resize): by then the conductor has made a
     /// Migration and moved the instance's allocation to it (the instance holding the new
     /// flavor's), so the allocation goes back to the instance and the migration to
     /// `error` — nothing stays claimed — and the server keeps its flavor and state.
-    func refusePrepResize(_ request: RPCRequest) async throws -> JSONValue {
+    func refusePrepResize(_ request: RPCRequest, why: String) async throws -> JSONValue {
         let t = try instanceObject(request)
         if var migration = NovaObject(primitive: request.args["migration"] ?? .null), let id = migration["uuid"]?.stringValue {
             await plane.moveAllocations(from: id, to: t.uuid)
-            migration.set("status", "error")
-            do { try await conductor.objectAction(&migration, "save", context: request.context) } catch {
-                logger.warning("nova: could not save migration \(id) as error: \(error)")
-            }
+            await errorOut(&migration, request.context)
         }
-        return try await refuse(request, why: "compute-agent does not run resize or migrate in the nova dialect yet (docs/nova-dropin.md); the server keeps its flavor",
-                                keepVMState: true)
+        return try await refuse(request, why: why, keepVMState: true)
     }
 
     /// Reports a failed action as nova-compute does: `values` saved (at least nova's

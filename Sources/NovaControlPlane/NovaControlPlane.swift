@@ -389,7 +389,10 @@ public final class NovaControlPlane: ControlPlane {
     // MARK: - Placement (nova-dropin.md 4.2)
 
     static let traits = ["COMPUTE_NODE", "OWNER_NOVA", "COMPUTE_IMAGE_TYPE_RAW", "COMPUTE_IMAGE_TYPE_QCOW2",
-                         "COMPUTE_NET_ATTACH_INTERFACE", "COMPUTE_DEVICE_TAGGING"]
+                         "COMPUTE_NET_ATTACH_INTERFACE", "COMPUTE_DEVICE_TAGGING",
+                         // a cold migration may stay on this host (NovaResize.swift): nova-api
+                         // lets the scheduler pick the same host only with this trait
+                         "COMPUTE_SAME_HOST_COLD_MIGRATE"]
 
     func inventory(_ caps: JSONValue) -> [String: JSONValue] {
         func inv(_ total: Int, _ ratio: Double, reserved: Int) -> JSONValue {

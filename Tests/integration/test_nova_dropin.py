@@ -59,8 +59,10 @@ def nova_agent(tmp_path, plane, plugin_dir=BUILD, hypervisor="libvirt", extra=""
     a real hypervisor's do."""
     a = Agent(tmp_path)
     a.pre_configs = [plane / "nova.conf", plane / "nova-services.conf"]
+    # memhv has more memory and vCPUs than libvirt's test host, so the scheduler's weighers put
+    # a server there first when both are enabled (the reschedule test relies on it).
     section = section or ("[libvirt]\nconnection_uri = test:///default\n" if hypervisor == "libvirt"
-                          else f"[memhv]\nstate_file = {tmp_path / 'domains'}\n")
+                          else f"[memhv]\nstate_file = {tmp_path / 'domains'}\nmemory_mb = 65536\nvcpus = 64\n")
     a.conf.write_text(f"""[DEFAULT]
 control_plane = nova
 host = {a.host}
@@ -328,39 +330,6 @@ def test_an_action_the_dialect_does_not_run_fails_cleanly_instead_of_hanging(pla
     assert wait(lambda: server(sid) is None, timeout=60)
 
 
-def test_a_resize_is_refused_cleanly_keeping_the_flavor_and_the_allocation(plane, agent, flavor, image):
-    """Resize is not run by the dialect yet: the conductor has already made a Migration
-    and moved the instance's allocation to it when prep_resize arrives, so the refusal
-    must give the allocation back and end the migration, not leave them claimed."""
-    code, b = req("POST", "/flavors", {"flavor": {"name": "tiny-bigger", "ram": 512, "vcpus": 1, "disk": 1}})
-    assert code == 200, b
-    bigger = b["flavor"]["id"]
-    sid = boot("vm-resize", image, flavor)
-    assert settle(sid, "ACTIVE")["status"] == "ACTIVE"
-    node = (agent.state / "nova-compute-node-uuid").read_text().strip()
-    code, b = req("POST", f"/servers/{sid}/action", {"resize": {"flavorRef": bigger}})
-    assert code == 202, b
-    s = settle(sid, "ACTIVE")
-    assert s["status"] == "ACTIVE" and s["flavor"]["original_name"] == "tiny" and s["OS-EXT-STS:task_state"] is None, s
-    alloc = placement(f"/allocations/{sid}")[1]["allocations"]
-    assert list(alloc) == [node] and alloc[node]["resources"] == {"VCPU": 1, "MEMORY_MB": 256, "DISK_GB": 1}, alloc
-    migrations = req("GET", f"/os-migrations?instance_uuid={sid}")[1]["migrations"]
-    assert [m["status"] for m in migrations] == ["error"], migrations
-    assert placement(f"/allocations/{migrations[0]['uuid']}")[1]["allocations"] == {}, "the migration kept its allocation"
-    actions = req("GET", f"/servers/{sid}/os-instance-actions")[1]["instanceActions"]
-    resize = [a for a in actions if a["action"] == "resize"][0]
-    detail = req("GET", f"/servers/{sid}/os-instance-actions/{resize['request_id']}")[1]["instanceAction"]
-    event = [e for e in detail["events"] if e["event"] == "compute_prep_resize"]
-    assert event and event[0]["result"] == "Error", detail["events"]
-    # nova shows a fault only on an ERROR server; the event says why (admins see it).
-    assert "does not run resize" in (event[0].get("traceback") or ""), event[0]
-    # The server is still fully usable.
-    act(sid, {"reboot": {"type": "SOFT"}}, "ACTIVE")
-    assert req("DELETE", f"/servers/{sid}")[0] == 204
-    assert wait(lambda: server(sid) is None, timeout=60)
-    assert placement(f"/allocations/{sid}")[1]["allocations"] == {}
-
-
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
 def test_a_restart_keeps_the_service_the_node_and_the_instances(plane, memhv_agent, flavor, image, how):
     agent = memhv_agent
@@ -428,6 +397,177 @@ def test_a_guest_that_shuts_down_by_itself_is_shutoff_in_nova(plane, memhv_agent
     assert s and s["OS-EXT-STS:power_state"] == 4 and s["OS-EXT-STS:task_state"] is None, server(sid)
     assert f"nova: instance {sid} updated from the host by the power-state sync" in agent.text()
     assert act(sid, {"os-start": None}, "ACTIVE")["OS-EXT-STS:power_state"] == 1
+    assert req("DELETE", f"/servers/{sid}")[0] == 204
+    assert wait(lambda: server(sid) is None, timeout=60)
+
+
+def test_resize_confirm_revert_and_cold_migration_on_one_host_and_a_move_from_another_refused(plane, agent, memhv_agent,
+                                                                                                  flavor, image):
+    """nova's whole resize on one host (the plane sets allow_resize_to_same_host):
+    prep_resize → resize_instance → finish_resize leave the server VERIFY_RESIZE with the
+    new flavor on its guest and in placement, the Migration holding the old one; confirm
+    ends the Migration's allocation. A second resize is reverted: guest and allocation get
+    the old flavor back. A stopped server cold-migrates within the host (the provider has
+    COMPUTE_SAME_HOST_COLD_MIGRATE) and stays stopped. A move from another host is refused
+    at prep_resize with nothing left claimed."""
+    a = memhv_agent
+    code, b = req("POST", "/flavors", {"flavor": {"name": "tiny-bigger", "ram": 512, "vcpus": 2, "disk": 1}})
+    assert code == 200, b
+    bigger = b["flavor"]["id"]
+    node = (a.state / "nova-compute-node-uuid").read_text().strip()
+    assert "COMPUTE_SAME_HOST_COLD_MIGRATE" in placement(f"/resource_providers/{node}/traits")[1]["traits"]
+    small, large = {"VCPU": 1, "MEMORY_MB": 256, "DISK_GB": 1}, {"VCPU": 2, "MEMORY_MB": 512, "DISK_GB": 1}
+
+    def guest():  # memhv's domains file: uuid power vcpus memory_mb …
+        f = [l.split() for l in (a.tmp / "domains").read_text().splitlines() if l.startswith(sid)][0]
+        return int(f[2]), int(f[3])
+
+    def allocation(consumer):
+        return {rp: v["resources"] for rp, v in placement(f"/allocations/{consumer}")[1]["allocations"].items()}
+
+    def migration(status):
+        ms = [m for m in req("GET", f"/os-migrations?instance_uuid={sid}")[1]["migrations"] if m["status"] == status]
+        assert len(ms) == 1, req("GET", f"/os-migrations?instance_uuid={sid}")[1]
+        return ms[0]
+
+    def events(action):  # the compute's (the conductor adds its own, e.g. cold_migrate)
+        acts = [x for x in req("GET", f"/servers/{sid}/os-instance-actions")[1]["instanceActions"] if x["action"] == action]
+        detail = req("GET", f"/servers/{sid}/os-instance-actions/{acts[0]['request_id']}")[1]["instanceAction"]
+        return sorted((e["event"], e["result"]) for e in detail["events"] if e["event"].startswith("compute_"))
+
+    sid = boot("vm-resize", image, flavor)
+    assert settle(sid, "ACTIVE")["OS-EXT-SRV-ATTR:host"] == a.host
+    assert guest() == (1, 256)
+
+    # Resize up, then confirm.
+    assert req("POST", f"/servers/{sid}/action", {"resize": {"flavorRef": bigger}})[0] == 202
+    s = settle(sid, "VERIFY_RESIZE")
+    assert s["status"] == "VERIFY_RESIZE" and s["flavor"]["original_name"] == "tiny-bigger", s.get("fault")
+    assert s["OS-EXT-SRV-ATTR:host"] == a.host and s["OS-EXT-STS:power_state"] == 1
+    assert guest() == (2, 512)
+    m = migration("finished")
+    assert (m["source_compute"], m["dest_compute"], m["migration_type"]) == (a.host, a.host, "resize")
+    assert allocation(sid) == {node: large} and allocation(m["uuid"]) == {node: small}
+    assert events("resize") == [("compute_finish_resize", "Success"), ("compute_prep_resize", "Success"),
+                                ("compute_resize_instance", "Success")]
+    assert req("POST", f"/servers/{sid}/action", {"confirmResize": None})[0] == 204
+    s = settle(sid, "ACTIVE")
+    assert s["status"] == "ACTIVE" and s["flavor"]["original_name"] == "tiny-bigger"
+    assert wait(lambda: migration("confirmed"), timeout=20)
+    assert allocation(sid) == {node: large} and allocation(m["uuid"]) == {}
+    assert events("confirmResize") == [("compute_confirm_resize", "Success")]
+    assert guest() == (2, 512)
+
+    # Resize down, then revert: the old flavor comes back everywhere.
+    assert req("POST", f"/servers/{sid}/action", {"resize": {"flavorRef": flavor}})[0] == 202
+    s = settle(sid, "VERIFY_RESIZE")
+    assert s["status"] == "VERIFY_RESIZE" and s["flavor"]["original_name"] == "tiny" and guest() == (1, 256)
+    m = migration("finished")
+    assert allocation(sid) == {node: small} and allocation(m["uuid"]) == {node: large}
+    assert req("POST", f"/servers/{sid}/action", {"revertResize": None})[0] == 202
+    s = settle(sid, "ACTIVE")
+    assert s["status"] == "ACTIVE" and s["flavor"]["original_name"] == "tiny-bigger", s.get("fault")
+    assert guest() == (2, 512) and s["OS-EXT-STS:power_state"] == 1
+    assert migration("reverted")["uuid"] == m["uuid"]
+    assert allocation(sid) == {node: large} and allocation(m["uuid"]) == {}
+    assert events("revertResize") == [("compute_finish_revert_resize", "Success"), ("compute_revert_resize", "Success")]
+
+    # A stopped server cold-migrates within the host and stays stopped.
+    act(sid, {"os-stop": None}, "SHUTOFF")
+    assert req("POST", f"/servers/{sid}/action", {"migrate": None})[0] == 202
+    s = settle(sid, "VERIFY_RESIZE")
+    assert s["status"] == "VERIFY_RESIZE" and s["OS-EXT-SRV-ATTR:host"] == a.host, s.get("fault")
+    m = migration("finished")
+    assert m["migration_type"] == "migration" and allocation(m["uuid"]) == {node: large}
+    assert req("POST", f"/servers/{sid}/action", {"confirmResize": None})[0] == 204
+    s = settle(sid, "SHUTOFF")
+    assert s["status"] == "SHUTOFF" and s["OS-EXT-STS:power_state"] == 4 and allocation(m["uuid"]) == {}
+
+    # A move to another host: the scheduler can only pick the other agent, which refuses
+    # at prep_resize; the allocation goes back to the server, the migration ends in error.
+    services = {s["host"]: s["id"] for s in req("GET", "/os-services?binary=nova-compute")[1]["services"]}
+    assert req("PUT", f"/os-services/{services[agent.host]}", {"status": "enabled"})[0] == 200
+    assert req("PUT", f"/os-services/{services[a.host]}", {"status": "disabled", "disabled_reason": "move test"})[0] == 200
+    try:
+        other = (agent.state / "nova-compute-node-uuid").read_text().strip()
+        assert wait(lambda: "COMPUTE_STATUS_DISABLED" in placement(f"/resource_providers/{node}/traits")[1]["traits"], timeout=20)
+        assert req("POST", f"/servers/{sid}/action", {"migrate": None})[0] == 202
+        m = wait(lambda: (lambda ms: ms[0] if ms else None)(
+            [m for m in req("GET", f"/os-migrations?instance_uuid={sid}")[1]["migrations"] if m["status"] == "error"]), timeout=60)
+        assert m, req("GET", f"/os-migrations?instance_uuid={sid}")[1]
+        s = settle(sid, "SHUTOFF")
+        assert s["status"] == "SHUTOFF" and s["OS-EXT-SRV-ATTR:host"] == a.host and s["flavor"]["original_name"] == "tiny-bigger"
+        assert allocation(sid) == {node: large} and allocation(m["uuid"]) == {}
+        assert other not in allocation(sid)
+        acts = [x for x in req("GET", f"/servers/{sid}/os-instance-actions")[1]["instanceActions"] if x["action"] == "migrate"]
+        ev = req("GET", f"/servers/{sid}/os-instance-actions/{acts[0]['request_id']}")[1]["instanceAction"]["events"]
+        ev = [e for e in ev if e["event"].startswith("compute_")]
+        assert [(e["event"], e["result"], e["host"]) for e in ev] == [("compute_prep_resize", "Error", agent.host)], ev
+        assert "only within its own host" in (ev[0].get("traceback") or ""), ev
+    finally:
+        assert req("PUT", f"/os-services/{services[a.host]}", {"status": "enabled"})[0] == 200
+        assert req("PUT", f"/os-services/{services[agent.host]}", {"status": "disabled", "disabled_reason": "restart test"})[0] == 200
+    assert req("DELETE", f"/servers/{sid}")[0] == 204
+    assert wait(lambda: server(sid) is None, timeout=60)
+    assert allocation(sid) == {}
+
+
+def test_a_resize_the_hypervisor_fails_ends_in_error_with_its_fault_and_only_the_new_allocation(plane, memhv_agent, flavor, image):
+    """finish_resize failing in the plugin, as nova-compute reports it: the server in
+    ERROR with the plugin's reason as its fault and its old flavor, the migration in
+    error, the old flavor's allocation (the Migration's) deleted; delete frees the rest."""
+    a = memhv_agent
+    bigger = [f["id"] for f in req("GET", "/flavors")[1]["flavors"] if f["name"] == "tiny-bigger"][0]
+    sid = boot("fail-resize-vm", image, flavor)
+    assert settle(sid, "ACTIVE")["OS-EXT-SRV-ATTR:host"] == a.host
+    assert req("POST", f"/servers/{sid}/action", {"resize": {"flavorRef": bigger}})[0] == 202
+    s = settle(sid, "ERROR")
+    assert s["status"] == "ERROR" and "cannot take the new flavor" in s["fault"]["message"], s.get("fault")
+    assert s["flavor"]["original_name"] == "tiny"
+    (m,) = req("GET", f"/os-migrations?instance_uuid={sid}")[1]["migrations"]
+    assert m["status"] == "error"
+    assert placement(f"/allocations/{m['uuid']}")[1]["allocations"] == {}
+    assert req("DELETE", f"/servers/{sid}")[0] == 204
+    assert wait(lambda: server(sid) is None, timeout=60)
+    assert placement(f"/allocations/{sid}")[1]["allocations"] == {}
+
+
+def test_a_build_the_hypervisor_fails_is_rescheduled_to_another_host_and_with_none_left_ends_in_error(
+        plane, agent, memhv_agent, flavor, image):
+    """nova's reschedule: memhv fails to spawn a "fail-spawn…" guest, so the agent drops
+    its record, clears host and node, deletes the allocation and hands the build back to
+    the conductor with the scheduler's alternates; the other agent builds it. With no
+    other host enabled the conductor ends it in ERROR (nova's "Exhausted all hosts")."""
+    services = {s["host"]: s["id"] for s in req("GET", "/os-services?binary=nova-compute")[1]["services"]}
+    other = (agent.state / "nova-compute-node-uuid").read_text().strip()
+    assert req("PUT", f"/os-services/{services[agent.host]}", {"status": "enabled"})[0] == 200
+    try:
+        assert wait(lambda: "COMPUTE_STATUS_DISABLED" not in placement(f"/resource_providers/{other}/traits")[1]["traits"], timeout=20)
+        sid = boot("fail-spawn-rescheduled", image, flavor)
+        s = settle(sid, "ACTIVE", timeout=90)
+        assert s["status"] == "ACTIVE" and s["OS-EXT-SRV-ATTR:host"] == agent.host, s.get("fault")
+        assert f"nova: build of {sid} failed on this host, rescheduling: " in memhv_agent.text(), \
+            [(h["hypervisor_hostname"], h.get("free_ram_mb"), h.get("vcpus")) for h in req("GET", "/os-hypervisors/detail")[1]["hypervisors"]]
+        assert "memhv: the domain failed to start" in memhv_agent.text()
+        domains = memhv_agent.tmp / "domains"
+        assert not domains.exists() or sid not in domains.read_text()
+        assert list(placement(f"/allocations/{sid}")[1]["allocations"]) == [other]
+        actions = req("GET", f"/servers/{sid}/os-instance-actions")[1]["instanceActions"]
+        events = req("GET", f"/servers/{sid}/os-instance-actions/{actions[-1]['request_id']}")[1]["instanceAction"]["events"]
+        # One build event per host (nova's event_finish updates the first row of a name, so
+        # which of the two rows shows the second host's finish is nova's choice).
+        builds = sorted(e["host"] for e in events if e["event"] == "compute__do_build_and_run_instance")
+        assert builds == sorted([memhv_agent.host, agent.host]), events
+        assert req("DELETE", f"/servers/{sid}")[0] == 204
+        assert wait(lambda: server(sid) is None, timeout=60)
+    finally:
+        assert req("PUT", f"/os-services/{services[agent.host]}", {"status": "disabled", "disabled_reason": "restart test"})[0] == 200
+    assert wait(lambda: "COMPUTE_STATUS_DISABLED" in placement(f"/resource_providers/{other}/traits")[1]["traits"], timeout=20)
+    sid = boot("fail-spawn-alone", image, flavor)
+    s = settle(sid, "ERROR", timeout=90)
+    assert s["status"] == "ERROR" and "Exhausted all hosts available for retrying build failures" in s["fault"]["message"], s
+    assert f"nova: build of {sid} failed on this host, rescheduling: " in memhv_agent.text()
+    assert placement(f"/allocations/{sid}")[1]["allocations"] == {}
     assert req("DELETE", f"/servers/{sid}")[0] == 204
     assert wait(lambda: server(sid) is None, timeout=60)
 

@@ -11,6 +11,7 @@
  * Behaviour switches (by instance name, so one agent serves every case):
  *   name starting "fail-spawn"      spawn fails
  *   name starting "no-soft-reboot"  soft reboot fails (the agent must reboot hard)
+ *   name starting "fail-resize"     resize fails
  *   name starting "slow-spawn"      spawn sleeps spawn_sleep_ms (option, default 1000)
  * Options: state_file (without it the domains live only in memory, for the scale
  * benchmarks), seed_count (start with that many running domains, uuids
@@ -302,6 +303,10 @@ static ca_status m_resize(void *state, const char *inst, ca_error *err) {
   load(m);
   domain *d = find(m, uuid);
   if (!d) { pthread_mutex_unlock(&m->lock); return ca_error_set(err, CA_ERR_NOT_FOUND, "no domain with that uuid"); }
+  if (strncmp(d->name, "fail-resize", 11) == 0) {
+    pthread_mutex_unlock(&m->lock);
+    return ca_error_set(err, CA_ERR_FAILED, "memhv: the domain cannot take the new flavor");
+  }
   d->vcpus = json_int(inst, "vcpus", d->vcpus);
   d->memory_mb = json_int(inst, "memory_mb", d->memory_mb);
   save(m);
