@@ -36,6 +36,10 @@ public struct AgentConfiguration: Sendable {
     public var syncPowerStateInterval: Double
     /// 0 = soft-deleted instances are kept until restored or terminated.
     public var reclaimInstanceInterval: Double
+    /// nova's `shelved_offload_time` (nova dialect): 0 = a shelved server leaves the host at
+    /// once; -1 = it stays until offloaded by request. A positive value (nova: offload by a
+    /// periodic task after that many seconds) is taken as -1 with a warning.
+    public var shelvedOffloadTime: Int = 0
     public var softRebootTimeout: Double
     public var notificationDriver: String
     public var notificationTopic: String
@@ -131,7 +135,7 @@ public struct AgentConfiguration: Sendable {
                     "plugin_threads", "rpc_response_timeout", "cpu_allocation_ratio",
                     "ram_allocation_ratio", "disk_allocation_ratio", "reserved_host_memory_mb",
                     "reserved_host_disk_mb", "max_concurrent_builds", "update_resources_interval",
-                    "sync_power_state_interval", "reclaim_instance_interval", "soft_reboot_timeout",
+                    "sync_power_state_interval", "reclaim_instance_interval", "soft_reboot_timeout", "shelved_offload_time",
                     "notification_driver", "notification_topic", "graceful_shutdown_timeout",
                     "host_conflict", "rpc_max_message_bytes", "rpc_max_reply_bytes", "service_down_time",
                     "control_plane", "my_ip"],
@@ -223,6 +227,11 @@ public struct AgentConfiguration: Sendable {
         c.syncPowerStateInterval = try reader.seconds("DEFAULT", "sync_power_state_interval", c.syncPowerStateInterval)
         c.reclaimInstanceInterval = try reader.seconds("DEFAULT", "reclaim_instance_interval", c.reclaimInstanceInterval, allowZero: true)
         c.softRebootTimeout = try reader.seconds("DEFAULT", "soft_reboot_timeout", c.softRebootTimeout)
+        c.shelvedOffloadTime = try reader.int("DEFAULT", "shelved_offload_time", c.shelvedOffloadTime, range: -1...Int(Int32.max))
+        if c.shelvedOffloadTime > 0 {
+            let at = c.error(section: "DEFAULT", option: "shelved_offload_time", "").location
+            c.warnings.append("\(at): shelved servers are offloaded at once (0) or on request (-1); \(c.shelvedOffloadTime) is taken as -1")
+        }
         c.notificationDriver = try reader.choice("DEFAULT", "notification_driver", c.notificationDriver, ["messagingv2", "noop"])
         c.notificationTopic = try reader.string("DEFAULT", "notification_topic", c.notificationTopic, nonEmpty: true)
         c.gracefulShutdownTimeout = try reader.seconds("DEFAULT", "graceful_shutdown_timeout", c.gracefulShutdownTimeout)
@@ -349,6 +358,7 @@ public struct AgentConfiguration: Sendable {
             "reserved_host_disk_mb": "\(reservedHostDiskMB)", "max_concurrent_builds": "\(maxConcurrentBuilds)",
             "update_resources_interval": "\(updateResourcesInterval)", "sync_power_state_interval": "\(syncPowerStateInterval)",
             "reclaim_instance_interval": "\(reclaimInstanceInterval)", "soft_reboot_timeout": "\(softRebootTimeout)",
+            "shelved_offload_time": "\(shelvedOffloadTime)",
             "notification_driver": notificationDriver, "notification_topic": notificationTopic,
             "graceful_shutdown_timeout": "\(gracefulShutdownTimeout)", "host_conflict": hostConflict,
             "rpc_max_message_bytes": "\(rpcMaxMessageBytes)", "rpc_max_reply_bytes": "\(rpcMaxReplyBytes)",

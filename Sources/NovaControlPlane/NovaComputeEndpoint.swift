@@ -20,18 +20,18 @@ public final class NovaComputeEndpoint: RPCEndpoint {
         "suspend_instance": "suspend_instance", "resume_instance": "resume_instance",
         "rescue_instance": "rescue_instance", "unrescue_instance": "unrescue_instance",
         "snapshot_instance": "snapshot_instance", "rebuild_instance": "rebuild_instance",
+        "backup_instance": "snapshot_instance",
     ]
     /// nova casts on one instance that this dialect does not run yet: the instance gets
     /// its task state back, a fault saying so, and the action's event fails — rather than
     /// a task state that never clears.
     static let notImplemented: Set<String> = [
-        "backup_instance", "shelve_instance",
-        "shelve_offload_instance", "unshelve_instance", "soft_delete_instance", "restore_instance",
+        "soft_delete_instance", "restore_instance",
         "trigger_crash_dump", "inject_network_info", "reset_network", "change_instance_metadata",
     ]
     static let methods: Set<String> = Set(lifecycle.keys).union(["build_and_run_instance", "terminate_instance",
                                                                  "get_host_uptime", "get_console_output", "set_host_enabled"])
-        .union(notImplemented).union(resizeMethods)
+        .union(notImplemented).union(resizeMethods).union(shelveMethods)
 
     let plane: NovaControlPlane
     let manager: ComputeManager
@@ -73,6 +73,7 @@ public final class NovaComputeEndpoint: RPCEndpoint {
             return try await native("get_console_output", args, request)
         case "build_and_run_instance": return try await build(request)
         case let m where Self.resizeMethods.contains(m): return try await resizeStep(request)
+        case let m where Self.shelveMethods.contains(m): return try await shelveStep(request)
         case let m where Self.notImplemented.contains(m): return try await refuse(request)
         case "terminate_instance": return try await terminate(request)
         default: return try await action(request)
@@ -157,28 +158,16 @@ public final class NovaComputeEndpoint: RPCEndpoint {
         let ctx = request.context
         let event = "compute__do_build_and_run_instance"
         try await eventStart(t.uuid, event, ctx)
-        let flavor = NovaObject(primitive: t.object["flavor"] ?? .null)
         let imageID = request.args["image"]?["id"]?.stringValue ?? t.object["image_ref"]?.stringValue
         do {
             try await save(&t, ["vm_state": "building", "task_state": .null], expected: .array(["scheduling", .null]), ctx)
             try await save(&t, ["host": .string(host), "node": .string(host), "compute_id": plane.nodeID,
                                 "launched_on": .string(host)], expected: nil, ctx)
             try await save(&t, ["task_state": "spawning"], expected: .array([.null]), ctx)
-            var instance: [String: JSONValue] = [
-                "uuid": .string(t.uuid), "name": t.object["display_name"] ?? .string(t.uuid),
-                "vcpus": flavor?["vcpus"] ?? t.object["vcpus"] ?? 1,
-                "memory_mb": flavor?["memory_mb"] ?? t.object["memory_mb"] ?? 64,
-                "root_gb": flavor?["root_gb"] ?? t.object["root_gb"] ?? 0,
-                "flavor": .object(["name": flavor?["name"] ?? "", "vcpus": flavor?["vcpus"] ?? 1,
-                                   "memory_mb": flavor?["memory_mb"] ?? 64, "root_gb": flavor?["root_gb"] ?? 0]),
-            ]
-            if let imageID, !imageID.isEmpty { instance["image_ref"] = .string(imageID) }
-            if let checksum = request.args["image"]?["checksum"]?.stringValue, !checksum.isEmpty {
-                instance["image_checksum"] = .string("md5:" + checksum)
-            }
+            let instance = Self.nativeInstance(t, image: imageID, checksum: request.args["image"]?["checksum"]?.stringValue)
             let built: JSONValue
             do {
-                built = try await native("build_and_run_instance", ["instance": .object(instance)], request)
+                built = try await native("build_and_run_instance", ["instance": instance], request)
             } catch let f as RemoteFailureConvertible where f.remoteFailure.className == "InstanceExists" {
                 // A redelivery after a crash: the build ran; report what the host has.
                 built = try await native("get_instance_info", ["instance_uuid": .string(t.uuid)], request)
@@ -205,6 +194,23 @@ public final class NovaComputeEndpoint: RPCEndpoint {
                                 values: ["vm_state": "error", "task_state": .null, "host": .null, "node": .null, "compute_id": .null], ctx)
             return .null
         }
+    }
+
+    /// The native API's build request for a nova Instance: its flavor, name and image
+    /// (glance's md5 `checksum`, when given, is checked by the image plugin).
+    static func nativeInstance(_ t: Target, image: String?, checksum: String?) -> JSONValue {
+        let flavor = NovaObject(primitive: t.object["flavor"] ?? .null)
+        var instance: [String: JSONValue] = [
+            "uuid": .string(t.uuid), "name": t.object["display_name"] ?? .string(t.uuid),
+            "vcpus": flavor?["vcpus"] ?? t.object["vcpus"] ?? 1,
+            "memory_mb": flavor?["memory_mb"] ?? t.object["memory_mb"] ?? 64,
+            "root_gb": flavor?["root_gb"] ?? t.object["root_gb"] ?? 0,
+            "flavor": .object(["name": flavor?["name"] ?? "", "vcpus": flavor?["vcpus"] ?? 1,
+                               "memory_mb": flavor?["memory_mb"] ?? 64, "root_gb": flavor?["root_gb"] ?? 0]),
+        ]
+        if let image, !image.isEmpty { instance["image_ref"] = .string(image) }
+        if let checksum, !checksum.isEmpty { instance["image_checksum"] = .string("md5:" + checksum) }
+        return .object(instance)
     }
 
     /// A build failure another host may not have, as nova tells them apart: the
@@ -276,6 +282,8 @@ public final class NovaComputeEndpoint: RPCEndpoint {
         do {
             var args: [String: JSONValue] = ["instance_uuid": .string(t.uuid)]
             var final: [String: JSONValue] = ["task_state": .null]
+            var shelvedSnapshot: String?
+            var backup: (type: String, rotation: Int)?
             let expected: JSONValue?
             switch method {
             case "reboot_instance":
@@ -293,6 +301,14 @@ public final class NovaComputeEndpoint: RPCEndpoint {
             case "start_instance":
                 final["vm_state"] = "active"
                 expected = "powering-on"
+                // A server shelved but not offloaded is unshelved with a start: its
+                // snapshot and the shelve's keys go (nova's start_instance).
+                var meta = t.object["system_metadata"]?.objectValue ?? [:]
+                if Self.shelvedKeys.contains(where: { meta[$0] != nil }) {
+                    shelvedSnapshot = meta["shelved_image_id"]?.stringValue
+                    for k in Self.shelvedKeys { meta[k] = nil }
+                    final["system_metadata"] = .object(meta)
+                }
             case "pause_instance":
                 final["vm_state"] = "paused"
                 expected = "pausing"
@@ -324,6 +340,19 @@ public final class NovaComputeEndpoint: RPCEndpoint {
                 try await save(&t, ["task_state": "image_pending_upload"], expected: "image_snapshot", ctx)
                 try await save(&t, ["task_state": "image_uploading"], expected: "image_pending_upload", ctx)
                 expected = "image_uploading"
+            case "backup_instance":
+                // A snapshot (task image_backup, set by nova-api) followed by the rotation.
+                guard let image = request.args["image_id"]?.stringValue, let type = request.args["backup_type"]?.stringValue,
+                      let rotation = request.args["rotation"]?.intValue, rotation >= 0
+                else {
+                    throw RemoteFailure(className: "InvalidInput", module: "nova.exception",
+                                        message: "backup_instance needs image_id, backup_type and a rotation ≥ 0")
+                }
+                args["image_id"] = .string(image)
+                backup = (type, rotation)
+                try await save(&t, ["task_state": "image_pending_upload"], expected: "image_backup", ctx)
+                try await save(&t, ["task_state": "image_uploading"], expected: "image_pending_upload", ctx)
+                expected = "image_uploading"
             case "rebuild_instance":
                 // nova-compute's _do_rebuild_instance on the same host; an evacuation
                 // (`recreate`) comes from another host and is not run here.
@@ -348,12 +377,14 @@ public final class NovaComputeEndpoint: RPCEndpoint {
                 throw RemoteFailure.noSuchMethod(method)
             }
             let after = try await native(Self.lifecycle[method]!, args, request)
-            if method != "snapshot_instance" { final["power_state"] = after["power_state"] ?? .null }
+            if method != "snapshot_instance" && method != "backup_instance" { final["power_state"] = after["power_state"] ?? .null }
             if method == "rebuild_instance" {
                 // active, or stopped again when it was stopped (nova stops it after the spawn)
                 final["vm_state"] = after["vm_state"] ?? "active"
             }
             try await save(&t, final, expected: expected, ctx)
+            if let shelvedSnapshot { await deleteShelvedSnapshot(shelvedSnapshot, t.uuid, ctx) }
+            if let backup { await rotateBackups(t.uuid, type: backup.type, keep: backup.rotation, ctx) }
             if method == "rebuild_instance" { await plane.schedulerInstanceInfo(t.object.primitive, context: ctx) }
             await eventFinish(t.uuid, event, error: nil, ctx)
             return .null
@@ -361,6 +392,10 @@ public final class NovaComputeEndpoint: RPCEndpoint {
             if Self.mustRequeue(error) { throw error }
             let why = Self.message(error)
             logger.error("nova: \(method) of \(t.uuid) failed: \(why)")
+            if method == "snapshot_instance" || method == "backup_instance", let image = request.args["image_id"]?.stringValue {
+                // nova's delete_image_on_error: the image record nova-api made goes.
+                await deleteImage(image, t.uuid, why: "its snapshot failed", ctx)
+            }
             await reportFailure(&t, event: event, why: why, values: ["task_state": .null], ctx)
             return .null
         }

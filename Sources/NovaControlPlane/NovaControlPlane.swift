@@ -30,6 +30,11 @@ public final class NovaControlPlane: ControlPlane {
         /// nova's `sync_power_state_interval`: how often the host's power states are saved
         /// to nova (at most once per capabilities pass); negative = only at start-up.
         public var syncPowerStateInterval: Double
+        /// `shelved_offload_time`: 0 = offload a shelved server at once, else only on request.
+        public var shelvedOffloadTime: Int = 0
+        /// glance's URL (`[glance] api_servers`, the first one), for deleting the snapshot of
+        /// an unshelved server; nil = snapshots are left in glance (logged).
+        public var glanceEndpoint: String?
 
         public init(host: String, statePath: String, placementEndpoint: String, placementToken: String, hostIP: String,
                     reservedHostMemoryMB: Int, reservedHostDiskMB: Int, cpuAllocationRatio: Double,
@@ -63,6 +68,7 @@ public final class NovaControlPlane: ControlPlane {
     let handlerClient: RPCClient
     let handlerConductor: Conductor
     let placement: PlacementClient
+    let glance: GlanceClient?
     let manager: ComputeManager
     let logger: Logger
 
@@ -94,6 +100,7 @@ public final class NovaControlPlane: ControlPlane {
         self.handlerClient = handlerClient
         self.handlerConductor = Conductor(client: handlerClient, timeout: settings.callTimeout)
         self.placement = PlacementClient(endpoint: settings.placementEndpoint, token: settings.placementToken)
+        self.glance = settings.glanceEndpoint.map { GlanceClient(endpoint: $0) }
         self.manager = manager
         self.logger = logger
     }
@@ -597,12 +604,15 @@ extension NovaControlPlane {
     {
         let placement = c.novaSections["placement"] ?? [:]
         let endpoint = try Self.placementEndpoint(c)
-        let settings = Settings(
+        var settings = Settings(
             host: c.host, statePath: c.statePath, placementEndpoint: endpoint, placementToken: placement["token"] ?? "admin",
             hostIP: c.myIP ?? firstHostAddress(), reservedHostMemoryMB: c.reservedHostMemoryMB,
             reservedHostDiskMB: c.reservedHostDiskMB, cpuAllocationRatio: c.cpuAllocationRatio,
             ramAllocationRatio: c.ramAllocationRatio, diskAllocationRatio: c.diskAllocationRatio,
             callTimeout: c.rpcResponseTimeout, syncPowerStateInterval: c.syncPowerStateInterval)
+        settings.shelvedOffloadTime = c.shelvedOffloadTime == 0 ? 0 : -1
+        let glance = c.pluginSections["glance"] ?? c.novaSections["glance"] ?? [:]
+        settings.glanceEndpoint = glance["api_servers"]?.split(separator: ",").first.map { String($0).trimmingCharacters() }
         self.init(settings: settings, client: client, handlerClient: handlerClient, manager: manager, logger: logger)
     }
 }

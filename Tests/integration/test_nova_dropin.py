@@ -316,16 +316,90 @@ def test_rebuild_onto_another_image_running_and_stopped(plane, agent, flavor, im
 
 
 def test_an_action_the_dialect_does_not_run_fails_cleanly_instead_of_hanging(plane, agent, flavor, image):
-    sid = boot("vm-shelve", image, flavor)
+    sid = boot("vm-crashdump", image, flavor)
     assert settle(sid, "ACTIVE")["status"] == "ACTIVE"
-    code, b = req("POST", f"/servers/{sid}/action", {"shelve": None})
+    code, b = req("POST", f"/servers/{sid}/action", {"trigger_crash_dump": None})
     assert code == 202, b
+    assert wait(lambda: [e for a in req("GET", f"/servers/{sid}/os-instance-actions")[1]["instanceActions"]
+                         if a["action"] == "trigger_crash_dump"
+                         for e in req("GET", f"/servers/{sid}/os-instance-actions/{a['request_id']}")[1]["instanceAction"]["events"]
+                         if e["result"] == "Error" and e["event"] == "compute_trigger_crash_dump"], timeout=30)
     s = settle(sid, "ACTIVE")
     assert s["status"] == "ACTIVE" and s["OS-EXT-STS:task_state"] is None, s
-    actions = req("GET", f"/servers/{sid}/os-instance-actions")[1]["instanceActions"]
-    shelve = [a for a in actions if a["action"] == "shelve"][0]
-    detail = req("GET", f"/servers/{sid}/os-instance-actions/{shelve['request_id']}")[1]["instanceAction"]
-    assert [(e["event"], e["result"]) for e in detail["events"]] == [("compute_shelve_instance", "Error")]
+    assert req("DELETE", f"/servers/{sid}")[0] == 204
+    assert wait(lambda: server(sid) is None, timeout=60)
+
+
+def test_backups_are_snapshots_in_glance_rotated_to_the_newest(plane, agent, flavor, image):
+    """createBackup: a snapshot into the backup image nova-api made (task image_backup →
+    image_pending_upload → image_uploading → none), then nova's rotation: of the
+    server's backups of that type, the newest `rotation` stay in glance."""
+    sid = boot("vm-backup", image, flavor)
+    assert settle(sid, "ACTIVE")["status"] == "ACTIVE"
+    made = []
+    for i in range(3):
+        time.sleep(1.1)  # glance's created_at, which the rotation sorts by, has 1 s steps
+        code, b = req("POST", f"/servers/{sid}/action", {"createBackup": {"name": f"{sid}-b{i}", "backup_type": "daily", "rotation": 2}})
+        assert code == 202, b
+        made.append(b["image_id"])
+        assert act_settled(sid)
+    # The rotation runs after the server's final save.
+    backups = lambda: req("GET", f"/v2/images?instance_uuid={sid}&image_type=backup", base=GLANCE, headers={})[1]["images"]
+    assert wait(lambda: sorted(i["id"] for i in backups()) == sorted(made[1:]), timeout=20), (made, backups())
+    kept = backups()
+    assert all(i["status"] == "active" and i["size"] > 0 and i["backup_type"] == "daily" for i in kept), kept
+    assert req("GET", f"/v2/images/{made[0]}", base=GLANCE, headers={})[0] == 404
+    actions = [a for a in req("GET", f"/servers/{sid}/os-instance-actions")[1]["instanceActions"] if a["action"] == "createBackup"]
+    assert len(actions) == 3
+    for a in actions:
+        events = req("GET", f"/servers/{sid}/os-instance-actions/{a['request_id']}")[1]["instanceAction"]["events"]
+        assert [(e["event"], e["result"]) for e in events] == [("compute_backup_instance", "Success")], events
+    assert req("DELETE", f"/servers/{sid}")[0] == 204
+    assert wait(lambda: server(sid) is None, timeout=60)
+    for i in kept:
+        req("DELETE", f"/v2/images/{i['id']}", base=GLANCE, headers={})
+
+
+def act_settled(sid):
+    s = settle(sid, "ACTIVE")
+    assert s["status"] == "ACTIVE", s.get("fault")
+    return s
+
+
+def test_shelve_offloads_the_server_and_unshelve_builds_it_from_its_snapshot(plane, memhv_agent, flavor, image):
+    """shelve with nova's default shelved_offload_time = 0: the guest is powered off, its
+    disk uploaded into the `<name>-shelved` image nova-api made, and it leaves the host
+    (domain gone, allocation deleted, SHELVED_OFFLOADED without a host). unshelve builds it
+    again from that snapshot on the host the scheduler picks; the snapshot is deleted."""
+    a = memhv_agent
+    node = (a.state / "nova-compute-node-uuid").read_text().strip()
+    sid = boot("vm-shelve", image, flavor)
+    assert settle(sid, "ACTIVE")["OS-EXT-SRV-ATTR:host"] == a.host
+    domains = a.tmp / "domains"
+    assert sid in domains.read_text()
+    assert req("POST", f"/servers/{sid}/action", {"shelve": None})[0] == 202
+    s = settle(sid, "SHELVED_OFFLOADED")
+    assert s["status"] == "SHELVED_OFFLOADED" and s["OS-EXT-SRV-ATTR:host"] is None, s.get("fault")
+    assert s["OS-EXT-STS:power_state"] == 4
+    assert sid not in domains.read_text()
+    assert placement(f"/allocations/{sid}")[1]["allocations"] == {}
+    snaps = req("GET", "/v2/images?name=vm-shelve-shelved", base=GLANCE, headers={})[1]["images"]
+    assert len(snaps) == 1 and snaps[0]["status"] == "active" and snaps[0]["size"] > 0, snaps
+    snap = snaps[0]["id"]
+    assert req("POST", f"/servers/{sid}/action", {"unshelve": None})[0] == 202
+    s = settle(sid, "ACTIVE")
+    assert s["status"] == "ACTIVE" and s["OS-EXT-SRV-ATTR:host"] == a.host, s.get("fault")
+    assert s["OS-EXT-STS:power_state"] == 1 and s["image"]["id"] == image
+    assert re.search(rf"^{sid} 1 ", domains.read_text(), re.M)
+    assert snap in a.text(), "the agent did not build from the snapshot"
+    assert list(placement(f"/allocations/{sid}")[1]["allocations"]) == [node]
+    assert wait(lambda: req("GET", f"/v2/images/{snap}", base=GLANCE, headers={})[0] == 404, timeout=20), \
+        "the shelved snapshot is still in glance"
+    actions = [x["action"] for x in req("GET", f"/servers/{sid}/os-instance-actions")[1]["instanceActions"]]
+    for action, ev in [("shelve", "compute_shelve_instance"), ("unshelve", "compute_unshelve_instance")]:
+        rid = [x for x in req("GET", f"/servers/{sid}/os-instance-actions")[1]["instanceActions"] if x["action"] == action][0]["request_id"]
+        events = req("GET", f"/servers/{sid}/os-instance-actions/{rid}")[1]["instanceAction"]["events"]
+        assert (ev, "Success") in [(e["event"], e["result"]) for e in events], (actions, events)
     assert req("DELETE", f"/servers/{sid}")[0] == 204
     assert wait(lambda: server(sid) is None, timeout=60)
 
