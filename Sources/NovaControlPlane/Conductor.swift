@@ -13,6 +13,7 @@ struct Conductor: Sendable {
     static let versions: [String: JSONValue] = [
         "Service": "1.22", "ComputeNode": "1.19", "HVSpec": "1.2", "PciDevicePoolList": "1.1", "PciDevicePool": "1.1",
         "InstanceActionEvent": "1.4", "InstanceFault": "1.2", "Instance": "2.8", "InstanceList": "2.6",
+        "Migration": "1.8", "MigrationList": "1.5",
     ]
 
     /// The context of the agent's own work (heartbeat, start-up, periodic tasks): admin,

@@ -76,6 +76,7 @@ public final class NovaComputeEndpoint: RPCEndpoint {
         case let m where Self.shelveMethods.contains(m): return try await shelveStep(request)
         case let m where Self.notImplemented.contains(m): return try await refuse(request)
         case "terminate_instance": return try await terminate(request)
+        case "rebuild_instance" where request.args["recreate"]?.boolValue == true: return try await evacuate(request)
         default: return try await action(request)
         }
     }
@@ -355,11 +356,7 @@ public final class NovaComputeEndpoint: RPCEndpoint {
                 expected = "image_uploading"
             case "rebuild_instance":
                 // nova-compute's _do_rebuild_instance on the same host; an evacuation
-                // (`recreate`) comes from another host and is not run here.
-                if request.args["recreate"]?.boolValue == true {
-                    throw RemoteFailure(className: "InstanceEvacuateNotSupported", module: "nova.exception",
-                                        message: "compute-agent does not evacuate instances onto this host yet (docs/nova-dropin.md)")
-                }
+                // (`recreate`) is NovaEvacuate.swift.
                 if let ref = (request.args["image_ref"]?.stringValue ?? t.object["image_ref"]?.stringValue), !ref.isEmpty {
                     args["image_ref"] = .string(ref)
                 }

@@ -202,6 +202,7 @@ public final class NovaControlPlane: ControlPlane {
     /// instances no action is running on (`expected_task_state` null, so a task nova-api
     /// starts meanwhile wins).
     func reconcileInstances(context ctx: [String: JSONValue], startUp: Bool = true) async {
+        if startUp { await finishEvacuationsFromHere(context: ctx) }
         let listed: JSONValue
         do {
             listed = try await conductor.classAction("InstanceList", "get_by_host", args: [.string(settings.host)],
@@ -521,6 +522,60 @@ public final class NovaControlPlane: ControlPlane {
         } catch {
             logger.warning("placement: cannot move the allocation of \(source) to \(target): \(error)")
             return false
+        }
+    }
+
+    /// nova's `remove_provider_tree_from_instance_allocation`: `provider`'s part of
+    /// `consumer`'s allocation goes, the rest stays (an evacuated instance's source host,
+    /// or a destination whose evacuation failed). False when there was nothing to remove
+    /// or placement refused.
+    @discardableResult
+    func removeProvider(_ provider: String, fromAllocationOf consumer: String) async -> Bool {
+        do {
+            guard let current = try await placement.expect("GET", "/allocations/\(consumer)", version: "1.28"),
+                  var allocs = current["allocations"]?.objectValue, allocs[provider] != nil
+            else { return false }
+            allocs[provider] = nil
+            var rest: [String: JSONValue] = [:]
+            for (rp, a) in allocs { rest[rp] = .object(["resources": a["resources"] ?? .object([:])]) }
+            _ = try await placement.expect("PUT", "/allocations/\(consumer)", version: "1.28", body: .object([
+                "allocations": .object(rest), "consumer_generation": current["consumer_generation"] ?? .null,
+                "project_id": current["project_id"] ?? .null, "user_id": current["user_id"] ?? .null,
+            ]))
+            logger.info("placement: removed this host's part of the allocation of \(consumer)")
+            return true
+        } catch {
+            logger.warning("placement: cannot remove this host's part of the allocation of \(consumer): \(error)")
+            return false
+        }
+    }
+
+    /// nova-compute's `_destroy_evacuated_instances`, at start-up: instances evacuated
+    /// from this host while it was down lose this host's part of their allocation, and
+    /// their migration becomes `completed` (their guests are removed by the
+    /// reconciliation, as instances nova no longer places here).
+    func finishEvacuationsFromHere(context ctx: [String: JSONValue]) async {
+        let filters: JSONValue = .object(["source_compute": .string(settings.host), "migration_type": "evacuation",
+                                          "status": .array(["accepted", "pre-migrating", "done"])])
+        let listed: JSONValue
+        do {
+            listed = try await conductor.classAction("MigrationList", "get_by_filters", args: [filters], context: ctx)
+        } catch {
+            logger.warning("nova: cannot list the evacuations from this host: \(error)")
+            return
+        }
+        let node = nodeUUID
+        for item in NovaObject(primitive: listed)?["objects"]?.arrayValue ?? [] {
+            guard var migration = NovaObject(primitive: item), let uuid = migration["instance_uuid"]?.stringValue else { continue }
+            await removeProvider(node, fromAllocationOf: uuid)
+            migration.changes = []
+            migration.set("status", "completed")
+            do {
+                _ = try await conductor.objectAction(&migration, "save", context: ctx)
+                logger.notice("nova: instance \(uuid) was evacuated from this host; its allocation here is released")
+            } catch {
+                logger.warning("nova: could not complete the evacuation of \(uuid): \(error)")
+            }
         }
     }
 

@@ -646,6 +646,56 @@ def test_a_build_the_hypervisor_fails_is_rescheduled_to_another_host_and_with_no
     assert wait(lambda: server(sid) is None, timeout=60)
 
 
+def test_an_instance_is_evacuated_from_a_dead_host_and_that_host_cleans_up_when_it_returns(plane, agent, memhv_agent,
+                                                                                             flavor, image):
+    """Evacuation between the two agents: the memhv host dies (SIGKILL, forced down);
+    nova-api's evacuate has the conductor rebuild the server on the other agent
+    (rebuild_instance with recreate): there with the Migration done, stopped as
+    microversion ≥ 2.95 asks, its allocation on both providers. When the memhv host comes
+    back, its start-up removes the old guest, releases its part of the allocation and
+    completes the migration."""
+    a = memhv_agent
+    services = {s["host"]: s["id"] for s in req("GET", "/os-services?binary=nova-compute")[1]["services"]}
+    here, there = [(x.state / "nova-compute-node-uuid").read_text().strip() for x in (a, agent)]
+    domains = a.tmp / "domains"
+    sid = boot("vm-evacuate", image, flavor)
+    assert settle(sid, "ACTIVE")["OS-EXT-SRV-ATTR:host"] == a.host
+    assert sid in domains.read_text()
+    assert req("PUT", f"/os-services/{services[agent.host]}", {"status": "enabled"})[0] == 200
+    try:
+        assert wait(lambda: "COMPUTE_STATUS_DISABLED" not in placement(f"/resource_providers/{there}/traits")[1]["traits"], timeout=20)
+        a.kill()
+        assert req("PUT", f"/os-services/{services[a.host]}", {"forced_down": True})[0] == 200
+        code, b = req("POST", f"/servers/{sid}/action", {"evacuate": {}})
+        assert code in (200, 202), b
+        s = settle(sid, "SHUTOFF", timeout=90)
+        assert s["status"] == "SHUTOFF" and s["OS-EXT-SRV-ATTR:host"] == agent.host, s.get("fault")
+        (m,) = [m for m in req("GET", f"/os-migrations?instance_uuid={sid}")[1]["migrations"] if m["migration_type"] == "evacuation"]
+        assert (m["status"], m["source_compute"], m["dest_compute"]) == ("done", a.host, agent.host), m
+        assert sorted(placement(f"/allocations/{sid}")[1]["allocations"]) == sorted([here, there])
+        assert sid in domains.read_text(), "the dead host's guest file should be untouched while it is down"
+        rid = [x for x in req("GET", f"/servers/{sid}/os-instance-actions")[1]["instanceActions"] if x["action"] == "evacuate"][0]["request_id"]
+        events = req("GET", f"/servers/{sid}/os-instance-actions/{rid}")[1]["instanceAction"]["events"]
+        assert ("compute_rebuild_instance", "Success", agent.host) in [(e["event"], e["result"], e["host"]) for e in events], events
+    finally:
+        # Back (still forced down: nova-api lets a host up again only once its start-up
+        # has completed the evacuations from it).
+        a.start()
+        completed = wait(lambda: [m["status"] for m in req("GET", f"/os-migrations?instance_uuid={sid}")[1]["migrations"]] == ["completed"],
+                         timeout=30)
+        r = req("PUT", f"/os-services/{services[a.host]}", {"forced_down": False})
+        assert r[0] == 200, r
+        assert req("PUT", f"/os-services/{services[agent.host]}", {"status": "disabled", "disabled_reason": "restart test"})[0] == 200
+    assert completed, req("GET", f"/os-migrations?instance_uuid={sid}")[1]
+    assert wait(lambda: sid not in domains.read_text(), timeout=30), "the old guest still runs on the returned host"
+    assert list(placement(f"/allocations/{sid}")[1]["allocations"]) == [there]
+    assert f"nova: instance {sid} was evacuated from this host" in a.text()[a.mark:]
+    assert act(sid, {"os-start": None}, "ACTIVE")["OS-EXT-SRV-ATTR:host"] == agent.host
+    assert req("DELETE", f"/servers/{sid}")[0] == 204
+    assert wait(lambda: server(sid) is None, timeout=60)
+    assert placement(f"/allocations/{sid}")[1]["allocations"] == {}
+
+
 def test_a_real_guest_under_qemu_boots_from_glance_through_the_nova_api(plane, tmp_path, tiny_guest):
     """One real QEMU run (TCG, virt_type = qemu): nova-api schedules the tiny guest onto an
     agent on qemu:///system, the glance plugin fetches the qcow2 image from the control

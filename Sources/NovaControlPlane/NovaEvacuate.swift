@@ -1,0 +1,83 @@
+import Compute
+import JSON
+import Logging
+import Messaging
+
+/// Evacuation onto this host (nova's `rebuild_instance` with `recreate`): the instance's
+/// host is down, the scheduler picked this one and claimed its resources in placement.
+/// The agent rebuilds it here from its image (no shared storage: nova's libvirt path)
+/// with nova-compute's task states, then takes it over: host, node, the Migration
+/// `done`. When the source host comes back, its start-up releases its part of the
+/// allocation and removes its old guest (NovaControlPlane.finishEvacuationsFromHere).
+extension NovaComputeEndpoint {
+    func evacuate(_ request: RPCRequest) async throws -> JSONValue {
+        var t = try instanceObject(request)
+        let ctx = request.context
+        let event = "compute_rebuild_instance"
+        try await eventStart(t.uuid, event, ctx)
+        var migration = NovaObject(primitive: request.args["migration"] ?? .null)
+        var wanted = t.object["vm_state"]?.stringValue ?? "active"
+        if let target = request.args["target_state"]?.stringValue, wanted != "error" { wanted = target }
+        logger.info("nova: evacuating onto this host", metadata: ["instance_uuid": "\(t.uuid)",
+                                                                  "from": "\(t.object["host"]?.stringValue ?? "?")"])
+        do {
+            if var m = migration {
+                // nova's rebuild claim: the migration counts on this host.
+                var claim: [String: JSONValue] = ["dest_compute": .string(host), "dest_node": .string(host),
+                                                  "dest_host": .string(plane.settings.hostIP), "status": "pre-migrating"]
+                if Self.minor(m.version) >= 8 { claim["dest_compute_id"] = plane.nodeID }
+                m.changes = []
+                try await saveMigration(&m, claim, ctx)
+                migration = m
+            }
+            try await save(&t, ["power_state": 0, "task_state": "rebuilding"], expected: .array(["rebuilding"]), ctx)
+            try await save(&t, ["task_state": "rebuild_block_device_mapping"], expected: .array(["rebuilding"]), ctx)
+            try await save(&t, ["task_state": "rebuild_spawning"], expected: .array(["rebuild_block_device_mapping"]), ctx)
+            let instance = Self.nativeInstance(t, image: t.object["image_ref"]?.stringValue, checksum: nil)
+            var built: JSONValue
+            do {
+                built = try await native("build_and_run_instance", ["instance": instance], request)
+            } catch let f as RemoteFailureConvertible where f.remoteFailure.className == "InstanceExists" {
+                built = try await native("get_instance_info", ["instance_uuid": .string(t.uuid)], request)
+            }
+            guard built["vm_state"]?.stringValue == "active" else {
+                throw NovaError("the evacuation ended in vm_state \(built["vm_state"]?.stringValue ?? "?"): \(built["fault"]?.stringValue ?? "")")
+            }
+            try await save(&t, ["power_state": built["power_state"] ?? 1, "vm_state": "active", "task_state": .null,
+                                "launched_at": .string(novaTimestamp())], expected: .array(["rebuild_spawning"]), ctx)
+            if wanted == "stopped" {
+                // nova brings it back to its state before the evacuation.
+                try await save(&t, ["task_state": "powering-off"], expected: nil, ctx)
+                built = try await native("stop_instance", ["instance_uuid": .string(t.uuid)], request, part: "stop")
+                try await save(&t, ["vm_state": built["vm_state"] ?? "stopped", "power_state": built["power_state"] ?? 4,
+                                    "task_state": .null], expected: nil, ctx)
+            }
+            // nova's finish_evacuation: the instance is this host's from now on.
+            try await save(&t, ["host": .string(host), "node": .string(host), "compute_id": plane.nodeID], expected: nil, ctx)
+            if var m = migration {
+                try await saveMigration(&m, ["status": "done"], ctx)
+            }
+            await plane.schedulerInstanceInfo(t.object.primitive, context: ctx)
+            await eventFinish(t.uuid, event, error: nil, ctx)
+            logger.info("nova: evacuated onto this host", metadata: ["instance_uuid": "\(t.uuid)"])
+        } catch {
+            if Self.mustRequeue(error) { throw error }
+            let why = Self.message(error)
+            logger.error("nova: evacuation of \(t.uuid) failed: \(why)")
+            if var m = migration {
+                do { try await saveMigration(&m, ["status": "failed"], ctx) } catch {
+                    logger.warning("nova: could not save the evacuation of \(t.uuid) as failed: \(error)")
+                }
+            }
+            do {
+                _ = try await native("terminate_instance", ["instance_uuid": .string(t.uuid)], request, part: "cleanup")
+            } catch let f as RemoteFailureConvertible where f.remoteFailure.className == "InstanceNotFound" {
+            } catch {
+                logger.warning("nova: could not remove the failed evacuation of \(t.uuid): \(error)")
+            }
+            await plane.removeProvider(plane.nodeUUID, fromAllocationOf: t.uuid)
+            await reportFailure(&t, event: event, why: why, values: ["vm_state": "error", "task_state": .null], ctx)
+        }
+        return .null
+    }
+}
