@@ -148,6 +148,23 @@ public final class NovaComputeEndpoint: RPCEndpoint {
         return "\(error)"
     }
 
+    /// The conductor refused a save because the instance's task state is not the one the
+    /// step expects: another task won, or this message is a redelivery of a step that
+    /// already ran (a crash before its acknowledgement). Nothing is undone then (nova's
+    /// `reverts_task_state` leaves such a task state alone too).
+    static func preempted(_ error: Error) -> Bool {
+        let name = (error as? RemoteFailure)?.className ?? (error as? RemoteFailureConvertible)?.remoteFailure.className
+        return name == "UnexpectedTaskStateError" || name == "UnexpectedDeletingTaskStateError"
+    }
+
+    /// Reports a preempted step: logged, its event finished with the reason; no fault, no
+    /// state written, nothing rolled back.
+    func preempted(_ uuid: String, _ event: String, _ why: String, _ ctx: [String: JSONValue]) async -> JSONValue {
+        logger.warning("nova: \(event) of \(uuid) stopped, the instance has moved on (another task, or this message was redelivered after a step that already ran): \(why)")
+        await eventFinish(uuid, event, error: why, ctx)
+        return .null
+    }
+
     /// A journal that cannot be written: the cast must go back to the broker, not be
     /// reported as failed.
     static func mustRequeue(_ error: Error) -> Bool { (error as? RemoteFailureConvertible)?.requeueAfter != nil }
@@ -388,6 +405,7 @@ public final class NovaComputeEndpoint: RPCEndpoint {
         } catch {
             if Self.mustRequeue(error) { throw error }
             let why = Self.message(error)
+            if Self.preempted(error) { return await preempted(t.uuid, event, why, ctx) }
             logger.error("nova: \(method) of \(t.uuid) failed: \(why)")
             if method == "snapshot_instance" || method == "backup_instance", let image = request.args["image_id"]?.stringValue {
                 // nova's delete_image_on_error: the image record nova-api made goes.
@@ -465,6 +483,7 @@ public final class NovaComputeEndpoint: RPCEndpoint {
         } catch {
             if Self.mustRequeue(error) { throw error }
             let why = Self.message(error)
+            if Self.preempted(error) { return await preempted(t.uuid, event, why, ctx) }
             logger.error("nova: terminate of \(t.uuid) failed: \(why)")
             await reportFailure(&t, event: event, why: why, values: ["task_state": .null, "vm_state": "error"], ctx)
             return .null

@@ -21,6 +21,9 @@ extension NovaComputeEndpoint {
         logger.info("nova: evacuating onto this host", metadata: ["instance_uuid": "\(t.uuid)",
                                                                   "from": "\(t.object["host"]?.stringValue ?? "?")"])
         do {
+            // The instance first (nova: the claim first), so that a redelivered evacuation
+            // stops before it touches the migration.
+            try await save(&t, ["power_state": 0, "task_state": "rebuilding"], expected: .array(["rebuilding"]), ctx)
             if var m = migration {
                 // nova's rebuild claim: the migration counts on this host.
                 var claim: [String: JSONValue] = ["dest_compute": .string(host), "dest_node": .string(host),
@@ -30,7 +33,6 @@ extension NovaComputeEndpoint {
                 try await saveMigration(&m, claim, ctx)
                 migration = m
             }
-            try await save(&t, ["power_state": 0, "task_state": "rebuilding"], expected: .array(["rebuilding"]), ctx)
             try await save(&t, ["task_state": "rebuild_block_device_mapping"], expected: .array(["rebuilding"]), ctx)
             try await save(&t, ["task_state": "rebuild_spawning"], expected: .array(["rebuild_block_device_mapping"]), ctx)
             let instance = Self.nativeInstance(t, image: t.object["image_ref"]?.stringValue, checksum: nil)
@@ -63,6 +65,7 @@ extension NovaComputeEndpoint {
         } catch {
             if Self.mustRequeue(error) { throw error }
             let why = Self.message(error)
+            if Self.preempted(error) { return await preempted(t.uuid, event, why, ctx) }
             logger.error("nova: evacuation of \(t.uuid) failed: \(why)")
             if var m = migration {
                 do { try await saveMigration(&m, ["status": "failed"], ctx) } catch {

@@ -1,3 +1,4 @@
+import AgentSupport
 import Compute
 import JSON
 import Logging
@@ -55,6 +56,7 @@ extension NovaComputeEndpoint {
     /// The next step, cast to this host as nova-compute casts it to the other one.
     func castStep(_ method: String, _ args: [String: JSONValue], _ ctx: [String: JSONValue]) async throws {
         try await plane.handlerClient.cast(topic: "compute-alt", server: host, method: method, args: args, version: "6.0", context: ctx)
+        Failpoints.hit("nova.cast.\(method)")
     }
 
     /// nova's `_set_instance_info`: the instance's flavor and the fields copied from it.
@@ -108,7 +110,9 @@ extension NovaComputeEndpoint {
         do {
             var meta = t.object["system_metadata"]?.objectValue ?? [:]
             meta["old_vm_state"] = vmState
-            try await save(&t, ["new_flavor": flavor.primitive, "system_metadata": .object(meta)], expected: nil, ctx)
+            // nova saves without an expected task state; resize_prep (set by nova-api) makes
+            // a redelivered prep_resize stop here once the resize has moved on.
+            try await save(&t, ["new_flavor": flavor.primitive, "system_metadata": .object(meta)], expected: "resize_prep", ctx)
             // nova's move claim: the migration counts on this host from now on.
             var claim: [String: JSONValue] = ["dest_compute": .string(host), "dest_node": .string(host),
                                               "dest_host": .string(plane.settings.hostIP), "status": "pre-migrating"]
@@ -123,6 +127,7 @@ extension NovaComputeEndpoint {
         } catch {
             if Self.mustRequeue(error) { throw error }
             let why = Self.message(error)
+            if Self.preempted(error) { return await preempted(t.uuid, event, why, ctx) }
             logger.error("nova: prep_resize of \(t.uuid) failed: \(why)")
             await plane.moveAllocations(from: migration["uuid"]?.stringValue ?? "", to: t.uuid)
             await errorOut(&migration, ctx)
@@ -143,8 +148,10 @@ extension NovaComputeEndpoint {
         try await eventStart(t.uuid, event, ctx)
         let vmState = t.object["vm_state"] ?? "active"
         do {
-            try await saveMigration(&migration, ["status": "migrating"], ctx)
+            // The instance first (nova: the migration first), so that a duplicate of this
+            // step stops before it touches the migration.
             try await save(&t, ["task_state": "resize_migrating"], expected: "resize_prep", ctx)
+            try await saveMigration(&migration, ["status": "migrating"], ctx)
             // nova's driver powers the guest off and moves its disks here; on one host the
             // guest stays as it is until finish_resize gives it the new flavor.
             try await saveMigration(&migration, ["status": "post-migrating"], ctx)
@@ -158,6 +165,7 @@ extension NovaComputeEndpoint {
         } catch {
             if Self.mustRequeue(error) { throw error }
             let why = Self.message(error)
+            if Self.preempted(error) { return await preempted(t.uuid, event, why, ctx) }
             logger.error("nova: resize_instance of \(t.uuid) failed: \(why)")
             await plane.moveAllocations(from: migration["uuid"]?.stringValue ?? "", to: t.uuid)
             await errorOut(&migration, ctx)
@@ -192,6 +200,7 @@ extension NovaComputeEndpoint {
         } catch {
             if Self.mustRequeue(error) { throw error }
             let why = Self.message(error)
+            if Self.preempted(error) { return await preempted(t.uuid, event, why, ctx) }
             logger.error("nova: finish_resize of \(t.uuid) failed: \(why)")
             // nova: the old flavor's allocation (the Migration's) goes; the instance, in
             // ERROR with its old flavor, keeps the new one's until it is deleted or rebuilt.
@@ -233,6 +242,7 @@ extension NovaComputeEndpoint {
         } catch {
             if Self.mustRequeue(error) { throw error }
             let why = Self.message(error)
+            if Self.preempted(error) { return await preempted(t.uuid, event, why, ctx) }
             logger.error("nova: confirm_resize of \(t.uuid) failed: \(why)")
             await plane.deleteAllocation(migrationID)
             await errorOut(&migration, ctx)
@@ -259,6 +269,7 @@ extension NovaComputeEndpoint {
         } catch {
             if Self.mustRequeue(error) { throw error }
             let why = Self.message(error)
+            if Self.preempted(error) { return await preempted(t.uuid, event, why, ctx) }
             logger.error("nova: revert_resize of \(t.uuid) failed: \(why)")
             await errorOut(&migration, ctx)
             await reportFailure(&t, event: event, why: why, values: ["vm_state": "error", "task_state": .null], ctx)
@@ -296,6 +307,7 @@ extension NovaComputeEndpoint {
         } catch {
             if Self.mustRequeue(error) { throw error }
             let why = Self.message(error)
+            if Self.preempted(error) { return await preempted(t.uuid, event, why, ctx) }
             logger.error("nova: finish_revert_resize of \(t.uuid) failed: \(why)")
             await errorOut(&migration, ctx)
             await reportFailure(&t, event: event, why: why, values: ["vm_state": "error", "task_state": .null], ctx)

@@ -55,6 +55,7 @@ extension NovaComputeEndpoint {
         } catch {
             if Self.mustRequeue(error) { throw error }
             let why = Self.message(error)
+            if Self.preempted(error) { return await preempted(t.uuid, event, why, ctx) }
             logger.error("nova: shelve of \(t.uuid) failed: \(why)")
             await reportFailure(&t, event: event, why: why, values: ["task_state": .null], ctx)
         }
@@ -87,6 +88,7 @@ extension NovaComputeEndpoint {
         } catch {
             if Self.mustRequeue(error) { throw error }
             let why = Self.message(error)
+            if Self.preempted(error) { return await preempted(t.uuid, event, why, ctx) }
             logger.error("nova: shelve offload of \(t.uuid) failed: \(why)")
             await reportFailure(&t, event: event, why: why, values: ["task_state": .null], ctx)
         }
@@ -119,7 +121,7 @@ extension NovaComputeEndpoint {
         try await eventStart(t.uuid, event, ctx)
         let snapshot = request.args["image"]?["id"]?.stringValue
         do {
-            try await save(&t, ["task_state": "spawning"], expected: nil, ctx)
+            try await save(&t, ["task_state": "spawning"], expected: "unshelving", ctx)
             // nova's instance claim puts the instance on this host.
             try await save(&t, ["host": .string(host), "node": .string(host), "compute_id": plane.nodeID, "launched_on": .string(host)],
                            expected: nil, ctx)
@@ -145,6 +147,7 @@ extension NovaComputeEndpoint {
         } catch {
             if Self.mustRequeue(error) { throw error }
             let why = Self.message(error)
+            if Self.preempted(error) { return await preempted(t.uuid, event, why, ctx) }
             logger.error("nova: unshelve of \(t.uuid) failed: \(why)")
             // nova: the claim is undone and the server stays shelved_offloaded.
             do {

@@ -117,6 +117,13 @@ def flavor(plane):
 
 
 @pytest.fixture(scope="module")
+def bigger(plane):
+    code, b = req("POST", "/flavors", {"flavor": {"name": "tiny-bigger", "ram": 512, "vcpus": 2, "disk": 1}})
+    assert code == 200, b
+    return b["flavor"]["id"]
+
+
+@pytest.fixture(scope="module")
 def image(plane):
     return upload_image(b"\0" * 1048576)
 
@@ -476,7 +483,7 @@ def test_a_guest_that_shuts_down_by_itself_is_shutoff_in_nova(plane, memhv_agent
 
 
 def test_resize_confirm_revert_and_cold_migration_on_one_host_and_a_move_from_another_refused(plane, agent, memhv_agent,
-                                                                                                  flavor, image):
+                                                                                                  flavor, bigger, image):
     """nova's whole resize on one host (the plane sets allow_resize_to_same_host):
     prep_resize → resize_instance → finish_resize leave the server VERIFY_RESIZE with the
     new flavor on its guest and in placement, the Migration holding the old one; confirm
@@ -485,9 +492,6 @@ def test_resize_confirm_revert_and_cold_migration_on_one_host_and_a_move_from_an
     COMPUTE_SAME_HOST_COLD_MIGRATE) and stays stopped. A move from another host is refused
     at prep_resize with nothing left claimed."""
     a = memhv_agent
-    code, b = req("POST", "/flavors", {"flavor": {"name": "tiny-bigger", "ram": 512, "vcpus": 2, "disk": 1}})
-    assert code == 200, b
-    bigger = b["flavor"]["id"]
     node = (a.state / "nova-compute-node-uuid").read_text().strip()
     assert "COMPUTE_SAME_HOST_COLD_MIGRATE" in placement(f"/resource_providers/{node}/traits")[1]["traits"]
     small, large = {"VCPU": 1, "MEMORY_MB": 256, "DISK_GB": 1}, {"VCPU": 2, "MEMORY_MB": 512, "DISK_GB": 1}
@@ -586,12 +590,12 @@ def test_resize_confirm_revert_and_cold_migration_on_one_host_and_a_move_from_an
     assert allocation(sid) == {}
 
 
-def test_a_resize_the_hypervisor_fails_ends_in_error_with_its_fault_and_only_the_new_allocation(plane, memhv_agent, flavor, image):
+def test_a_resize_the_hypervisor_fails_ends_in_error_with_its_fault_and_only_the_new_allocation(plane, memhv_agent, flavor, bigger,
+                                                                                                  image):
     """finish_resize failing in the plugin, as nova-compute reports it: the server in
     ERROR with the plugin's reason as its fault and its old flavor, the migration in
     error, the old flavor's allocation (the Migration's) deleted; delete frees the rest."""
     a = memhv_agent
-    bigger = [f["id"] for f in req("GET", "/flavors")[1]["flavors"] if f["name"] == "tiny-bigger"][0]
     sid = boot("fail-resize-vm", image, flavor)
     assert settle(sid, "ACTIVE")["OS-EXT-SRV-ATTR:host"] == a.host
     assert req("POST", f"/servers/{sid}/action", {"resize": {"flavorRef": bigger}})[0] == 202
@@ -604,6 +608,39 @@ def test_a_resize_the_hypervisor_fails_ends_in_error_with_its_fault_and_only_the
     assert req("DELETE", f"/servers/{sid}")[0] == 204
     assert wait(lambda: server(sid) is None, timeout=60)
     assert placement(f"/allocations/{sid}")[1]["allocations"] == {}
+
+
+def test_a_resize_survives_a_crash_between_its_steps(plane, memhv_agent, flavor, bigger, image):
+    """At-least-once across a multi-step flow: the agent dies (failpoint, SIGKILL) just
+    after prep_resize cast resize_instance to it, before prep_resize was acknowledged. On
+    restart both arrive — the redelivered prep_resize and resize_instance — and the one
+    that runs second finds the instance moved on and stops without undoing anything: the
+    resize completes once, with the allocations nova expects."""
+    a = memhv_agent
+    node = (a.state / "nova-compute-node-uuid").read_text().strip()
+    sid = boot("vm-resize-crash", image, flavor)
+    assert settle(sid, "ACTIVE")["OS-EXT-SRV-ATTR:host"] == a.host
+    a.stop()
+    a.start(env={"COMPUTE_AGENT_FAILPOINTS": "nova.cast.resize_instance"})
+    try:
+        assert req("POST", f"/servers/{sid}/action", {"resize": {"flavorRef": bigger}})[0] == 202
+        assert a.wait_killed(timeout=60) == -signal.SIGKILL
+    finally:
+        a.start()
+    s = settle(sid, "VERIFY_RESIZE")
+    assert s["status"] == "VERIFY_RESIZE" and s["flavor"]["original_name"] == "tiny-bigger", s.get("fault")
+    assert "failpoint nova.cast.resize_instance reached" in a.text()
+    assert "the instance has moved on" in a.text()[a.mark:]
+    (m,) = req("GET", f"/os-migrations?instance_uuid={sid}")[1]["migrations"]
+    assert m["status"] == "finished", m
+    alloc = {rp: v["resources"] for rp, v in placement(f"/allocations/{sid}")[1]["allocations"].items()}
+    assert alloc == {node: {"VCPU": 2, "MEMORY_MB": 512, "DISK_GB": 1}}, alloc
+    assert list(placement(f"/allocations/{m['uuid']}")[1]["allocations"]) == [node]
+    assert req("POST", f"/servers/{sid}/action", {"confirmResize": None})[0] == 204
+    assert settle(sid, "ACTIVE")["status"] == "ACTIVE"
+    assert placement(f"/allocations/{m['uuid']}")[1]["allocations"] == {}
+    assert req("DELETE", f"/servers/{sid}")[0] == 204
+    assert wait(lambda: server(sid) is None, timeout=60)
 
 
 def test_a_build_the_hypervisor_fails_is_rescheduled_to_another_host_and_with_none_left_ends_in_error(
