@@ -84,6 +84,25 @@ def memory(pid):
     return rss, pss
 
 
+def largest_mappings(pid, n=12):
+    """The `n` mapped files (or [heap]/[anon]) holding most of the process's RSS:
+    [(name, RSS MiB, PSS MiB)], to show where the compute service's memory is."""
+    per = {}
+    cur = None
+    try:
+        for line in pathlib.Path(f"/proc/{pid}/smaps").read_text().splitlines():
+            parts = line.split()
+            if not parts[0].endswith(":"):
+                cur = parts[5].rsplit("/", 1)[-1] if len(parts) > 5 else "[anon]"
+                continue
+            if parts[0] in ("Rss:", "Pss:"):
+                r = per.setdefault(cur, [0.0, 0.0])
+                r[0 if parts[0] == "Rss:" else 1] += int(parts[1]) / 1024
+    except OSError:
+        return []
+    return sorted(((k, v[0], v[1]) for k, v in per.items()), key=lambda x: -x[1])[:n]
+
+
 def service(host):
     code, b = req("GET", "/os-services?binary=nova-compute")
     return next((s for s in b["services"] if s["host"] == host), None) if code == 200 else None
@@ -129,6 +148,7 @@ def measure(name, host, argv, cwd, plane_dir, image, flavor, boots):
         deletes.append(time.monotonic() - t)
     time.sleep(2)
     rss, pss = memory(proc.pid)
+    largest = largest_mappings(proc.pid)
     t = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     try:
@@ -143,7 +163,7 @@ def measure(name, host, argv, cwd, plane_dir, image, flavor, boots):
     req("PUT", f"/os-services/{s['id']}", {"status": "disabled", "disabled_reason": "benchmark done"})
     r = {"start_to_up_s": t_up, "start_to_consuming_s": t_consuming, "start_to_hypervisor_s": t_hypervisor,
          "create_to_active_s": creates, "delete_s": deletes, "rss_mib": rss, "pss_mib": pss, "sigterm_to_exit_s": t_exit,
-         "exit_code": proc.returncode}
+         "exit_code": proc.returncode, "largest_mappings": largest}
     print(f"   create→ACTIVE median {statistics.median(creates):.3f} s, RSS {rss:.1f} MiB, PSS {pss:.1f} MiB, "
           f"SIGTERM→exit {t_exit:.3f} s", flush=True)
     return r
@@ -229,6 +249,11 @@ def report(results, boots):
         lines.append(f"| {name} | {av} | {nv} | {ratio:.3f} | {goal} | {'' if met is None else ('yes' if met else 'no')} |")
     lines.append("")
     lines.append(f"Exit codes after SIGTERM: agent {a['exit_code']}, nova-compute {n['exit_code']}.")
+    for label, r in (("agent", a), ("nova-compute", n)):
+        if r.get("largest_mappings"):
+            lines += ["", f"Where the {label}'s RSS is (main process, the largest mappings by RSS; PSS shares pages"
+                      " with other processes mapping them):", "", "| mapping | RSS MiB | PSS MiB |", "|---|---|---|"]
+            lines += [f"| {name} | {rss:.2f} | {pss:.2f} |" for name, rss, pss in r["largest_mappings"]]
     out = ROOT / "Benchmarks" / "results"
     (out / "nova.md").write_text("\n".join(lines) + "\n")
     (out / "nova.json").write_text(json.dumps(results, indent=1) + "\n")

@@ -229,7 +229,9 @@ public struct AgentConfiguration: Sendable {
         c.softRebootTimeout = try reader.seconds("DEFAULT", "soft_reboot_timeout", c.softRebootTimeout)
         c.shelvedOffloadTime = try reader.int("DEFAULT", "shelved_offload_time", c.shelvedOffloadTime, range: -1...Int(Int32.max))
         if c.shelvedOffloadTime > 0 {
-            let at = c.error(section: "DEFAULT", option: "shelved_offload_time", "").location
+            let entry = ini.sections["DEFAULT"]?["shelved_offload_time"]
+            let at = ConfigError(file: entry.map { $0.file.isEmpty ? ini.path : $0.file } ?? ini.path, line: entry?.line,
+                                 section: "DEFAULT", option: "shelved_offload_time", message: "").location
             c.warnings.append("\(at): shelved servers are offloaded at once (0) or on request (-1); \(c.shelvedOffloadTime) is taken as -1")
         }
         c.notificationDriver = try reader.choice("DEFAULT", "notification_driver", c.notificationDriver, ["messagingv2", "noop"])

@@ -68,6 +68,17 @@ import Testing
             #expect(!error.description.contains("hunter2"))
         }
     }
+
+    @Test func shelvedOffloadTimeIsZeroMinusOneOrWarnedAbout() throws {
+        #expect(try parse("").shelvedOffloadTime == 0)
+        #expect(try parse("[DEFAULT]\nshelved_offload_time = -1\n").shelvedOffloadTime == -1)
+        let positive = try parse("[DEFAULT]\nhost = a\nshelved_offload_time = 3600\n")
+        #expect(positive.shelvedOffloadTime == 3600)
+        #expect(positive.warnings.contains { $0.contains("compute-agent.conf:3") && $0.contains("3600 is taken as -1") })
+        do { _ = try parse("[DEFAULT]\nshelved_offload_time = -2\n"); Issue.record("accepted -2") } catch {
+            #expect(error.line == 2 && error.option == "shelved_offload_time")
+        }
+    }
 }
 
 @Suite struct JSONValueTests {
@@ -113,17 +124,6 @@ import Testing
         #expect(merged.sections["DEFAULT"]?["report_interval"] == IniFile.Entry(value: "2", line: 2, file: "agent.conf"))
         #expect(merged.sections["placement"]?["endpoint"]?.file == "nova.conf")
         #expect(merged.sectionFiles["libvirt"] == "agent.conf")
-    }
-
-    @Test func shelvedOffloadTimeIsZeroMinusOneOrWarnedAbout() throws {
-        #expect(try parse("").shelvedOffloadTime == 0)
-        #expect(try parse("[DEFAULT]\nshelved_offload_time = -1\n").shelvedOffloadTime == -1)
-        let positive = try parse("[DEFAULT]\nhost = a\nshelved_offload_time = 3600\n")
-        #expect(positive.shelvedOffloadTime == 3600)
-        #expect(positive.warnings.contains { $0.contains("compute-agent.conf:3") && $0.contains("3600 is taken as -1") })
-        do { _ = try parse("[DEFAULT]\nshelved_offload_time = -2\n"); Issue.record("accepted -2") } catch {
-            #expect(error.line == 2 && error.option == "shelved_offload_time")
-        }
     }
 
     @Test(arguments: ["0x10", "1e3", "nan", "inf", "", "+", "1.2.3", "5s"])

@@ -137,7 +137,9 @@ def mapped(plane, a):
 
 @pytest.fixture(scope="module")
 def agent(tmp_path_factory, plane):
-    a = nova_agent(tmp_path_factory.mktemp("nova-agent"), plane).start()
+    # Shelved servers stay on this host until unshelved (the memhv agent below offloads
+    # them at once, nova's default).
+    a = nova_agent(tmp_path_factory.mktemp("nova-agent"), plane, extra="shelved_offload_time = -1").start()
     try:
         mapped(plane, a)
         yield a
@@ -371,6 +373,30 @@ def act_settled(sid):
     s = settle(sid, "ACTIVE")
     assert s["status"] == "ACTIVE", s.get("fault")
     return s
+
+
+def test_a_server_shelved_but_not_offloaded_is_unshelved_by_a_start(plane, agent, flavor, image):
+    """shelved_offload_time = -1: shelve powers the guest off and uploads its snapshot, but
+    the server stays on the host (SHELVED, its allocation kept); unshelve is then the
+    conductor's start_instance, which also deletes the snapshot and the shelve's keys."""
+    node = (agent.state / "nova-compute-node-uuid").read_text().strip()
+    sid = boot("vm-shelve-kept", image, flavor)
+    assert settle(sid, "ACTIVE")["OS-EXT-SRV-ATTR:host"] == agent.host
+    assert req("POST", f"/servers/{sid}/action", {"shelve": None})[0] == 202
+    s = settle(sid, "SHELVED")
+    assert s["status"] == "SHELVED" and s["OS-EXT-SRV-ATTR:host"] == agent.host and s["OS-EXT-STS:power_state"] == 4, s.get("fault")
+    assert list(placement(f"/allocations/{sid}")[1]["allocations"]) == [node]
+    snaps = req("GET", "/v2/images?name=vm-shelve-kept-shelved", base=GLANCE, headers={})[1]["images"]
+    assert len(snaps) == 1 and snaps[0]["status"] == "active", snaps
+    (meta,) = db("nova", "select value from instance_system_metadata where instance_uuid=? and `key`='shelved_image_id' and deleted=0", sid)
+    assert meta == (snaps[0]["id"],)
+    assert req("POST", f"/servers/{sid}/action", {"unshelve": None})[0] == 202
+    s = settle(sid, "ACTIVE")
+    assert s["status"] == "ACTIVE" and s["OS-EXT-STS:power_state"] == 1 and s["OS-EXT-SRV-ATTR:host"] == agent.host
+    assert wait(lambda: req("GET", f"/v2/images/{snaps[0]['id']}", base=GLANCE, headers={})[0] == 404, timeout=20)
+    assert db("nova", "select `key` from instance_system_metadata where instance_uuid=? and `key` like 'shelved%' and deleted=0", sid) == []
+    assert req("DELETE", f"/servers/{sid}")[0] == 204
+    assert wait(lambda: server(sid) is None, timeout=60)
 
 
 def test_shelve_offloads_the_server_and_unshelve_builds_it_from_its_snapshot(plane, memhv_agent, flavor, image):
