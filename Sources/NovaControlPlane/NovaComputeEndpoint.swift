@@ -157,12 +157,48 @@ public final class NovaComputeEndpoint: RPCEndpoint {
         return name == "UnexpectedTaskStateError" || name == "UnexpectedDeletingTaskStateError"
     }
 
-    /// Reports a preempted step: logged, its event finished with the reason; no fault, no
-    /// state written, nothing rolled back.
-    func preempted(_ uuid: String, _ event: String, _ why: String, _ ctx: [String: JSONValue]) async -> JSONValue {
-        logger.warning("nova: \(event) of \(uuid) stopped, the instance has moved on (another task, or this message was redelivered after a step that already ran): \(why)")
-        await eventFinish(uuid, event, error: why, ctx)
-        return .null
+    /// The head of every step's failure path: rethrows what must go back to the broker,
+    /// reports a preempted step (logged, its event finished with the reason; no fault, no
+    /// state written, nothing rolled back) and returns nil for both; otherwise the reason,
+    /// logged, for the step's own cleanup.
+    func failing(_ error: Error, _ what: String, _ uuid: String, _ event: String, _ ctx: [String: JSONValue]) async throws -> String? {
+        if Self.mustRequeue(error) { throw error }
+        let why = Self.message(error)
+        if Self.preempted(error) {
+            logger.warning("nova: \(event) of \(uuid) stopped, the instance has moved on (another task, or this message was redelivered after a step that already ran): \(why)")
+            await eventFinish(uuid, event, error: why, ctx)
+            return nil
+        }
+        logger.error("nova: \(what) of \(uuid) failed: \(why)")
+        return why
+    }
+
+    /// Builds the instance on this host through the native API (a redelivery finds it
+    /// built and reports what the host has) and requires it active.
+    func buildHere(_ t: Target, image: String?, checksum: String?, _ request: RPCRequest, what: String) async throws -> JSONValue {
+        let instance = Self.nativeInstance(t, image: image, checksum: checksum)
+        let built: JSONValue
+        do {
+            built = try await native("build_and_run_instance", ["instance": instance], request)
+        } catch let f as RemoteFailureConvertible where f.remoteFailure.className == "InstanceExists" {
+            built = try await native("get_instance_info", ["instance_uuid": .string(t.uuid)], request)
+        }
+        guard built["vm_state"]?.stringValue == "active" else {
+            throw NovaError("the \(what) ended in vm_state \(built["vm_state"]?.stringValue ?? "?"): \(built["fault"]?.stringValue ?? "")")
+        }
+        return built
+    }
+
+    /// Removes whatever this host has of the instance (native terminate; nothing there is
+    /// fine). `mustSucceed` false: a failure is logged (cleanup after a failure).
+    func removeHere(_ uuid: String, _ request: RPCRequest, part: String, mustSucceed: Bool = false) async throws {
+        do {
+            _ = try await native("terminate_instance", ["instance_uuid": .string(uuid)], request, part: part)
+        } catch let f as RemoteFailureConvertible where f.remoteFailure.className == "InstanceNotFound" {
+        } catch {
+            if mustSucceed { throw error }
+            logger.warning("nova: could not remove what this host has of \(uuid): \(error)")
+        }
     }
 
     /// A journal that cannot be written: the cast must go back to the broker, not be
@@ -182,17 +218,7 @@ public final class NovaComputeEndpoint: RPCEndpoint {
             try await save(&t, ["host": .string(host), "node": .string(host), "compute_id": plane.nodeID,
                                 "launched_on": .string(host)], expected: nil, ctx)
             try await save(&t, ["task_state": "spawning"], expected: .array([.null]), ctx)
-            let instance = Self.nativeInstance(t, image: imageID, checksum: request.args["image"]?["checksum"]?.stringValue)
-            let built: JSONValue
-            do {
-                built = try await native("build_and_run_instance", ["instance": instance], request)
-            } catch let f as RemoteFailureConvertible where f.remoteFailure.className == "InstanceExists" {
-                // A redelivery after a crash: the build ran; report what the host has.
-                built = try await native("get_instance_info", ["instance_uuid": .string(t.uuid)], request)
-            }
-            guard built["vm_state"]?.stringValue == "active" else {
-                throw NovaError("the build ended in vm_state \(built["vm_state"]?.stringValue ?? "?"): \(built["fault"]?.stringValue ?? "")")
-            }
+            let built = try await buildHere(t, image: imageID, checksum: request.args["image"]?["checksum"]?.stringValue, request, what: "build")
             try await save(&t, ["power_state": built["power_state"] ?? 1, "vm_state": "active", "task_state": .null,
                                 "launched_at": .string(novaTimestamp())], expected: "spawning", ctx)
             await plane.schedulerInstanceInfo(t.object.primitive, context: ctx)
@@ -261,11 +287,7 @@ public final class NovaComputeEndpoint: RPCEndpoint {
         retry["exc_reason"] = .string(why)
         var filter = request.args["filter_properties"]?.objectValue ?? [:]
         filter["retry"] = .object(retry)
-        do {
-            _ = try await native("terminate_instance", ["instance_uuid": .string(t.uuid)], request, part: "reschedule")
-        } catch {
-            logger.warning("nova: could not remove the failed build of \(t.uuid) before rescheduling: \(error)")
-        }
+        try? await removeHere(t.uuid, request, part: "reschedule")
         do {
             try await save(&t, ["host": .null, "node": .null, "compute_id": .null, "task_state": "scheduling"], expected: nil, ctx)
             await plane.deleteAllocation(t.uuid)
@@ -403,10 +425,7 @@ public final class NovaComputeEndpoint: RPCEndpoint {
             await eventFinish(t.uuid, event, error: nil, ctx)
             return .null
         } catch {
-            if Self.mustRequeue(error) { throw error }
-            let why = Self.message(error)
-            if Self.preempted(error) { return await preempted(t.uuid, event, why, ctx) }
-            logger.error("nova: \(method) of \(t.uuid) failed: \(why)")
+            guard let why = try await failing(error, "\(method)", t.uuid, event, ctx) else { return .null }
             if method == "snapshot_instance" || method == "backup_instance", let image = request.args["image_id"]?.stringValue {
                 // nova's delete_image_on_error: the image record nova-api made goes.
                 await deleteImage(image, t.uuid, why: "its snapshot failed", ctx)
@@ -481,10 +500,7 @@ public final class NovaComputeEndpoint: RPCEndpoint {
             await eventFinish(t.uuid, event, error: nil, ctx)
             return .null
         } catch {
-            if Self.mustRequeue(error) { throw error }
-            let why = Self.message(error)
-            if Self.preempted(error) { return await preempted(t.uuid, event, why, ctx) }
-            logger.error("nova: terminate of \(t.uuid) failed: \(why)")
+            guard let why = try await failing(error, "terminate", t.uuid, event, ctx) else { return .null }
             await reportFailure(&t, event: event, why: why, values: ["task_state": .null, "vm_state": "error"], ctx)
             return .null
         }

@@ -35,16 +35,7 @@ extension NovaComputeEndpoint {
             }
             try await save(&t, ["task_state": "rebuild_block_device_mapping"], expected: .array(["rebuilding"]), ctx)
             try await save(&t, ["task_state": "rebuild_spawning"], expected: .array(["rebuild_block_device_mapping"]), ctx)
-            let instance = Self.nativeInstance(t, image: t.object["image_ref"]?.stringValue, checksum: nil)
-            var built: JSONValue
-            do {
-                built = try await native("build_and_run_instance", ["instance": instance], request)
-            } catch let f as RemoteFailureConvertible where f.remoteFailure.className == "InstanceExists" {
-                built = try await native("get_instance_info", ["instance_uuid": .string(t.uuid)], request)
-            }
-            guard built["vm_state"]?.stringValue == "active" else {
-                throw NovaError("the evacuation ended in vm_state \(built["vm_state"]?.stringValue ?? "?"): \(built["fault"]?.stringValue ?? "")")
-            }
+            var built = try await buildHere(t, image: t.object["image_ref"]?.stringValue, checksum: nil, request, what: "evacuation")
             try await save(&t, ["power_state": built["power_state"] ?? 1, "vm_state": "active", "task_state": .null,
                                 "launched_at": .string(novaTimestamp())], expected: .array(["rebuild_spawning"]), ctx)
             if wanted == "stopped" {
@@ -63,21 +54,13 @@ extension NovaComputeEndpoint {
             await eventFinish(t.uuid, event, error: nil, ctx)
             logger.info("nova: evacuated onto this host", metadata: ["instance_uuid": "\(t.uuid)"])
         } catch {
-            if Self.mustRequeue(error) { throw error }
-            let why = Self.message(error)
-            if Self.preempted(error) { return await preempted(t.uuid, event, why, ctx) }
-            logger.error("nova: evacuation of \(t.uuid) failed: \(why)")
+            guard let why = try await failing(error, "evacuation", t.uuid, event, ctx) else { return .null }
             if var m = migration {
                 do { try await saveMigration(&m, ["status": "failed"], ctx) } catch {
                     logger.warning("nova: could not save the evacuation of \(t.uuid) as failed: \(error)")
                 }
             }
-            do {
-                _ = try await native("terminate_instance", ["instance_uuid": .string(t.uuid)], request, part: "cleanup")
-            } catch let f as RemoteFailureConvertible where f.remoteFailure.className == "InstanceNotFound" {
-            } catch {
-                logger.warning("nova: could not remove the failed evacuation of \(t.uuid): \(error)")
-            }
+            try? await removeHere(t.uuid, request, part: "cleanup")
             await plane.removeProvider(plane.nodeUUID, fromAllocationOf: t.uuid)
             await reportFailure(&t, event: event, why: why, values: ["vm_state": "error", "task_state": .null], ctx)
         }

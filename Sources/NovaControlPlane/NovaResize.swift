@@ -125,10 +125,7 @@ extension NovaComputeEndpoint {
                                                    "request_spec": request.args["request_spec"] ?? .null], ctx)
             await eventFinish(t.uuid, event, error: nil, ctx)
         } catch {
-            if Self.mustRequeue(error) { throw error }
-            let why = Self.message(error)
-            if Self.preempted(error) { return await preempted(t.uuid, event, why, ctx) }
-            logger.error("nova: prep_resize of \(t.uuid) failed: \(why)")
+            guard let why = try await failing(error, "prep_resize", t.uuid, event, ctx) else { return .null }
             await plane.moveAllocations(from: migration["uuid"]?.stringValue ?? "", to: t.uuid)
             await errorOut(&migration, ctx)
             await reportFailure(&t, event: event, why: why, values: ["vm_state": vmState, "task_state": .null], ctx)
@@ -163,10 +160,7 @@ extension NovaComputeEndpoint {
                                                  "request_spec": request.args["request_spec"] ?? .null], ctx)
             await eventFinish(t.uuid, event, error: nil, ctx)
         } catch {
-            if Self.mustRequeue(error) { throw error }
-            let why = Self.message(error)
-            if Self.preempted(error) { return await preempted(t.uuid, event, why, ctx) }
-            logger.error("nova: resize_instance of \(t.uuid) failed: \(why)")
+            guard let why = try await failing(error, "resize_instance", t.uuid, event, ctx) else { return .null }
             await plane.moveAllocations(from: migration["uuid"]?.stringValue ?? "", to: t.uuid)
             await errorOut(&migration, ctx)
             await reportFailure(&t, event: event, why: why, values: ["vm_state": vmState, "task_state": .null], ctx)
@@ -198,10 +192,7 @@ extension NovaComputeEndpoint {
             await eventFinish(t.uuid, event, error: nil, ctx)
             logger.info("nova: resized", metadata: ["instance_uuid": "\(t.uuid)", "flavor": "\(new["name"]?.stringValue ?? "?")"])
         } catch {
-            if Self.mustRequeue(error) { throw error }
-            let why = Self.message(error)
-            if Self.preempted(error) { return await preempted(t.uuid, event, why, ctx) }
-            logger.error("nova: finish_resize of \(t.uuid) failed: \(why)")
+            guard let why = try await failing(error, "finish_resize", t.uuid, event, ctx) else { return .null }
             // nova: the old flavor's allocation (the Migration's) goes; the instance, in
             // ERROR with its old flavor, keeps the new one's until it is deleted or rebuilt.
             await plane.deleteAllocation(migration["uuid"]?.stringValue ?? "")
@@ -240,10 +231,7 @@ extension NovaComputeEndpoint {
             await dropStashedFlavors(&t, ctx)
             await eventFinish(t.uuid, event, error: nil, ctx)
         } catch {
-            if Self.mustRequeue(error) { throw error }
-            let why = Self.message(error)
-            if Self.preempted(error) { return await preempted(t.uuid, event, why, ctx) }
-            logger.error("nova: confirm_resize of \(t.uuid) failed: \(why)")
+            guard let why = try await failing(error, "confirm_resize", t.uuid, event, ctx) else { return .null }
             await plane.deleteAllocation(migrationID)
             await errorOut(&migration, ctx)
             await reportFailure(&t, event: event, why: why, values: ["vm_state": "error", "task_state": .null], ctx)
@@ -267,10 +255,7 @@ extension NovaComputeEndpoint {
                                                         "request_spec": request.args["request_spec"] ?? .null], ctx)
             await eventFinish(t.uuid, event, error: nil, ctx)
         } catch {
-            if Self.mustRequeue(error) { throw error }
-            let why = Self.message(error)
-            if Self.preempted(error) { return await preempted(t.uuid, event, why, ctx) }
-            logger.error("nova: revert_resize of \(t.uuid) failed: \(why)")
+            guard let why = try await failing(error, "revert_resize", t.uuid, event, ctx) else { return .null }
             await errorOut(&migration, ctx)
             await reportFailure(&t, event: event, why: why, values: ["vm_state": "error", "task_state": .null], ctx)
         }
@@ -305,10 +290,7 @@ extension NovaComputeEndpoint {
             await plane.schedulerInstanceInfo(t.object.primitive, context: ctx)
             await eventFinish(t.uuid, event, error: nil, ctx)
         } catch {
-            if Self.mustRequeue(error) { throw error }
-            let why = Self.message(error)
-            if Self.preempted(error) { return await preempted(t.uuid, event, why, ctx) }
-            logger.error("nova: finish_revert_resize of \(t.uuid) failed: \(why)")
+            guard let why = try await failing(error, "finish_revert_resize", t.uuid, event, ctx) else { return .null }
             await errorOut(&migration, ctx)
             await reportFailure(&t, event: event, why: why, values: ["vm_state": "error", "task_state": .null], ctx)
             await dropStashedFlavors(&t, ctx)

@@ -53,10 +53,7 @@ extension NovaComputeEndpoint {
             await eventFinish(t.uuid, event, error: nil, ctx)
             logger.info("nova: shelved\(offload ? " and offloaded" : "")", metadata: ["instance_uuid": "\(t.uuid)", "image": "\(image)"])
         } catch {
-            if Self.mustRequeue(error) { throw error }
-            let why = Self.message(error)
-            if Self.preempted(error) { return await preempted(t.uuid, event, why, ctx) }
-            logger.error("nova: shelve of \(t.uuid) failed: \(why)")
+            guard let why = try await failing(error, "shelve", t.uuid, event, ctx) else { return .null }
             await reportFailure(&t, event: event, why: why, values: ["task_state": .null], ctx)
         }
         return .null
@@ -86,10 +83,7 @@ extension NovaComputeEndpoint {
             try await offloadGuest(&t, request)
             await eventFinish(t.uuid, event, error: nil, ctx)
         } catch {
-            if Self.mustRequeue(error) { throw error }
-            let why = Self.message(error)
-            if Self.preempted(error) { return await preempted(t.uuid, event, why, ctx) }
-            logger.error("nova: shelve offload of \(t.uuid) failed: \(why)")
+            guard let why = try await failing(error, "shelve offload", t.uuid, event, ctx) else { return .null }
             await reportFailure(&t, event: event, why: why, values: ["task_state": .null], ctx)
         }
         return .null
@@ -100,11 +94,7 @@ extension NovaComputeEndpoint {
     /// cleared; the scheduler hears the instance left.
     func offloadGuest(_ t: inout Target, _ request: RPCRequest) async throws {
         let ctx = request.context
-        do {
-            _ = try await native("terminate_instance", ["instance_uuid": .string(t.uuid)], request, part: "offload")
-        } catch let f as RemoteFailureConvertible where f.remoteFailure.className == "InstanceNotFound" {
-            // Nothing of it on this host any more (a redelivery after the removal).
-        }
+        try await removeHere(t.uuid, request, part: "offload", mustSucceed: true)
         await plane.deleteAllocation(t.uuid)
         try await save(&t, ["power_state": 4, "vm_state": "shelved_offloaded", "task_state": .null],
                        expected: .array(["shelving", "shelving_offloading"]), ctx)
@@ -125,17 +115,8 @@ extension NovaComputeEndpoint {
             // nova's instance claim puts the instance on this host.
             try await save(&t, ["host": .string(host), "node": .string(host), "compute_id": plane.nodeID, "launched_on": .string(host)],
                            expected: nil, ctx)
-            let instance = Self.nativeInstance(t, image: snapshot ?? t.object["image_ref"]?.stringValue,
-                                               checksum: request.args["image"]?["checksum"]?.stringValue)
-            let built: JSONValue
-            do {
-                built = try await native("build_and_run_instance", ["instance": instance], request)
-            } catch let f as RemoteFailureConvertible where f.remoteFailure.className == "InstanceExists" {
-                built = try await native("get_instance_info", ["instance_uuid": .string(t.uuid)], request)
-            }
-            guard built["vm_state"]?.stringValue == "active" else {
-                throw NovaError("the unshelve ended in vm_state \(built["vm_state"]?.stringValue ?? "?"): \(built["fault"]?.stringValue ?? "")")
-            }
+            let built = try await buildHere(t, image: snapshot ?? t.object["image_ref"]?.stringValue,
+                                            checksum: request.args["image"]?["checksum"]?.stringValue, request, what: "unshelve")
             var meta = t.object["system_metadata"]?.objectValue ?? [:]
             for k in Self.shelvedKeys { meta[k] = nil }
             try await save(&t, ["system_metadata": .object(meta), "power_state": built["power_state"] ?? 1, "vm_state": "active",
@@ -145,17 +126,9 @@ extension NovaComputeEndpoint {
             await eventFinish(t.uuid, event, error: nil, ctx)
             logger.info("nova: unshelved", metadata: ["instance_uuid": "\(t.uuid)"])
         } catch {
-            if Self.mustRequeue(error) { throw error }
-            let why = Self.message(error)
-            if Self.preempted(error) { return await preempted(t.uuid, event, why, ctx) }
-            logger.error("nova: unshelve of \(t.uuid) failed: \(why)")
+            guard let why = try await failing(error, "unshelve", t.uuid, event, ctx) else { return .null }
             // nova: the claim is undone and the server stays shelved_offloaded.
-            do {
-                _ = try await native("terminate_instance", ["instance_uuid": .string(t.uuid)], request, part: "cleanup")
-            } catch let f as RemoteFailureConvertible where f.remoteFailure.className == "InstanceNotFound" {
-            } catch {
-                logger.warning("nova: could not remove the failed unshelve of \(t.uuid): \(error)")
-            }
+            try? await removeHere(t.uuid, request, part: "cleanup")
             await plane.deleteAllocation(t.uuid)
             await reportFailure(&t, event: event, why: why, values: ["task_state": .null, "host": .null, "node": .null, "compute_id": .null], ctx)
         }
