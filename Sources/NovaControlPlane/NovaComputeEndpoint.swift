@@ -27,10 +27,11 @@ public final class NovaComputeEndpoint: RPCEndpoint {
     /// a task state that never clears.
     static let notImplemented: Set<String> = [
         "soft_delete_instance", "restore_instance",
-        "trigger_crash_dump", "inject_network_info", "reset_network", "change_instance_metadata",
+        "trigger_crash_dump",
     ]
     static let methods: Set<String> = Set(lifecycle.keys).union(["build_and_run_instance", "terminate_instance",
-                                                                 "get_host_uptime", "get_console_output", "set_host_enabled"])
+                                                                 "get_host_uptime", "get_console_output", "set_host_enabled",
+                                                                 "inject_network_info"])
         .union(notImplemented).union(resizeMethods).union(shelveMethods)
 
     let plane: NovaControlPlane
@@ -71,6 +72,12 @@ public final class NovaComputeEndpoint: RPCEndpoint {
             var args: [String: JSONValue] = ["instance_uuid": .string(uuid)]
             if let t = request.args["tail_length"] { args["tail_length"] = t }
             return try await native("get_console_output", args, request)
+        case "inject_network_info":
+            // nova's libvirt driver does nothing here either: the guest reads its network
+            // from DHCP and the metadata service, not from an injected file.
+            let uuid = try instanceObject(request).uuid
+            logger.info("nova: inject_network_info: nothing to inject (as nova's libvirt driver)", metadata: ["instance_uuid": "\(uuid)"])
+            return .null
         case "build_and_run_instance": return try await build(request)
         case let m where Self.resizeMethods.contains(m): return try await resizeStep(request)
         case let m where Self.shelveMethods.contains(m): return try await shelveStep(request)
