@@ -15,6 +15,9 @@
 #   scripts/nova-control-plane.sh dir       print the working folder
 #   scripts/nova-control-plane.sh sql DB 'SQL'   one statement on nova_api|nova|nova_cell0|placement
 #                                           (tab-separated, no header)
+#   scripts/nova-control-plane.sh openstack ARGS...   the openstack CLI (python-openstackclient
+#                                           10.5.0 in nova's venv) against this plane, without
+#                                           keystone: e.g. `openstack compute service list`
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SHARED=${SHARED_DIR:-$ROOT/../shared}
@@ -34,6 +37,10 @@ install() {
     mkdir -p "$BASE"
     python3 -m venv "$NOVA_VENV"
     "$NOVA_VENV/bin/pip" install -q --disable-pip-version-check nova==34.0.0 openstack-placement==16.0.0
+  fi
+  if ! "$NOVA_VENV/bin/python" -c 'import importlib.metadata as m; assert m.version("python-openstackclient") == "10.5.0"' 2>/dev/null; then
+    echo "nova-control-plane: installing python-openstackclient 10.5.0 into $NOVA_VENV"
+    "$NOVA_VENV/bin/pip" install -q --disable-pip-version-check python-openstackclient==10.5.0
   fi
   # glance 33 comes from scripts/glance.sh's venv (the same release).
   GLANCE_PORT=${GLANCE_PORT:-19292} bash "$ROOT/scripts/glance.sh" install
@@ -68,5 +75,14 @@ case "${1:-}" in
     shift
     cd "$DIR"
     if [ "$DB" = mariadb ]; then sh mariadb.sh sql "$@"; else sqlite3 -separator "$(printf '\t')" "db/$1.sqlite" "$2"; fi ;;
-  *) echo "usage: $0 install|start|stop|dir|sql DB SQL" >&2; exit 2 ;;
+  openstack)
+    shift
+    # No keystone: admin_token auth sends the token the plane's no-auth shim reads as user
+    # admin, project admin; it uses one endpoint for every service, so the image and
+    # identity endpoints are overridden (the identity one is the neutron stub's fake
+    # keystone v3 document). OS_AUTH_TYPE=none does not work (os-services answers 403).
+    OS_AUTH_TYPE=admin_token OS_ENDPOINT=http://127.0.0.1:8774/v2.1 OS_TOKEN=admin:admin \
+      OS_IMAGE_ENDPOINT_OVERRIDE=http://127.0.0.1:9292 OS_IDENTITY_ENDPOINT_OVERRIDE=http://127.0.0.1:9696/identity/v3 \
+      OS_COMPUTE_API_VERSION=${OS_COMPUTE_API_VERSION:-2.100} exec "$NOVA_VENV/bin/openstack" "$@" ;;
+  *) echo "usage: $0 install|start|stop|dir|sql DB SQL|openstack ARGS..." >&2; exit 2 ;;
 esac

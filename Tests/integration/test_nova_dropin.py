@@ -241,6 +241,37 @@ def test_a_server_lives_its_whole_life_through_the_nova_api(plane, agent, flavor
     assert wait(lambda: f"instance_uuid={sid}" in agent.text() and "terminate_instance" in agent.text(), timeout=5)
 
 
+def openstack(*args):
+    """The openstack CLI against the plane, as docs/nova-dropin.md gives it (no keystone);
+    `-f json` output decoded."""
+    p = subprocess.run(["bash", str(ROOT / "scripts" / "nova-control-plane.sh"), "openstack", *args],
+                       capture_output=True, text=True, timeout=180)
+    assert p.returncode == 0, f"openstack {' '.join(args)}: {p.stdout[-2000:]}{p.stderr[-2000:]}"
+    return json.loads(p.stdout) if "json" in args else p.stdout
+
+
+def test_the_openstack_cli_drives_the_agent_without_keystone(plane, agent, flavor, bigger, image):
+    """`scripts/nova-control-plane.sh openstack …` (python-openstackclient, admin_token auth
+    against the no-auth plane): the service and hypervisor lists show the agent, and a
+    server is created with --wait, resized and confirmed, stopped and deleted."""
+    services = openstack("compute", "service", "list", "--service", "nova-compute", "-f", "json")
+    assert any(s["Host"] == agent.host and s["State"] == "up" and s["Status"] == "enabled" for s in services), services
+    hypervisors = openstack("hypervisor", "list", "-f", "json")
+    assert any(h["Hypervisor Hostname"] == agent.host for h in hypervisors), hypervisors
+    s = openstack("server", "create", "--flavor", "tiny", "--image", image, "--nic", "none", "--wait", "vm-cli", "-f", "json")
+    sid = s["id"]
+    assert s["status"] == "ACTIVE" and s["OS-EXT-SRV-ATTR:host"] == agent.host, s
+    openstack("server", "resize", "--flavor", "tiny-bigger", "--wait", sid)
+    assert server(sid)["status"] == "VERIFY_RESIZE"
+    openstack("server", "resize", "confirm", sid)
+    s = settle(sid, "ACTIVE")
+    assert s["status"] == "ACTIVE" and s["flavor"]["original_name"] == "tiny-bigger", s.get("fault")
+    openstack("server", "stop", sid)
+    assert settle(sid, "SHUTOFF")["status"] == "SHUTOFF"
+    openstack("server", "delete", "--wait", sid)
+    assert server(sid) is None
+
+
 def test_five_servers_created_at_once_all_become_active_and_all_go_away(plane, agent, flavor, image):
     """Five `server create` requests in flight together (the control plane's databases
     and the agent's handlers both see them concurrently)."""
