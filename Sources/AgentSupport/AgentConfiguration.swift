@@ -37,8 +37,7 @@ public struct AgentConfiguration: Sendable {
     /// 0 = soft-deleted instances are kept until restored or terminated.
     public var reclaimInstanceInterval: Double
     /// nova's `shelved_offload_time` (nova dialect): 0 = a shelved server leaves the host at
-    /// once; -1 = it stays until offloaded by request. A positive value (nova: offload by a
-    /// periodic task after that many seconds) is taken as -1 with a warning.
+    /// once; N > 0 = after N seconds (checked at each resources pass); -1 = only on request.
     public var shelvedOffloadTime: Int = 0
     public var softRebootTimeout: Double
     public var notificationDriver: String
@@ -228,12 +227,6 @@ public struct AgentConfiguration: Sendable {
         c.reclaimInstanceInterval = try reader.seconds("DEFAULT", "reclaim_instance_interval", c.reclaimInstanceInterval, allowZero: true)
         c.softRebootTimeout = try reader.seconds("DEFAULT", "soft_reboot_timeout", c.softRebootTimeout)
         c.shelvedOffloadTime = try reader.int("DEFAULT", "shelved_offload_time", c.shelvedOffloadTime, range: -1...Int(Int32.max))
-        if c.shelvedOffloadTime > 0 {
-            let entry = ini.sections["DEFAULT"]?["shelved_offload_time"]
-            let at = ConfigError(file: entry.map { $0.file.isEmpty ? ini.path : $0.file } ?? ini.path, line: entry?.line,
-                                 section: "DEFAULT", option: "shelved_offload_time", message: "").location
-            c.warnings.append("\(at): shelved servers are offloaded at once (0) or on request (-1); \(c.shelvedOffloadTime) is taken as -1")
-        }
         c.notificationDriver = try reader.choice("DEFAULT", "notification_driver", c.notificationDriver, ["messagingv2", "noop"])
         c.notificationTopic = try reader.string("DEFAULT", "notification_topic", c.notificationTopic, nonEmpty: true)
         c.gracefulShutdownTimeout = try reader.seconds("DEFAULT", "graceful_shutdown_timeout", c.gracefulShutdownTimeout)

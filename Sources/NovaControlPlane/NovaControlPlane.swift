@@ -30,7 +30,8 @@ public final class NovaControlPlane: ControlPlane {
         /// nova's `sync_power_state_interval`: how often the host's power states are saved
         /// to nova (at most once per capabilities pass); negative = only at start-up.
         public var syncPowerStateInterval: Double
-        /// `shelved_offload_time`: 0 = offload a shelved server at once, else only on request.
+        /// `shelved_offload_time`: 0 = offload a shelved server at once, N > 0 = after N
+        /// seconds (NovaControlPlane.offloadShelved), -1 = only on request.
         public var shelvedOffloadTime: Int = 0
         /// glance's URL (`[glance] api_servers`, the first one), for deleting the snapshot of
         /// an unshelved server; nil = snapshots are left in glance (logged).
@@ -242,7 +243,12 @@ public final class NovaControlPlane: ControlPlane {
                   record["vm_state"]?.stringValue != "building" else { continue }
             var values: [String: JSONValue] = [:]
             if let p = record["power_state"], p != instance["power_state"] { values["power_state"] = p }
-            if let v = record["vm_state"]?.stringValue, v == "error" || v == "stopped", instance["vm_state"]?.stringValue != v {
+            // A guest found off is `stopped` only for a server nova has running (nova's
+            // _sync_instance_power_state stops an ACTIVE or PAUSED one); a shelved or resized
+            // server is off or on by design. A vanished domain is ERROR whatever the state.
+            let novaState = instance["vm_state"]?.stringValue ?? ""
+            if let v = record["vm_state"]?.stringValue, novaState != v,
+               v == "error" || (v == "stopped" && ["active", "paused"].contains(novaState)) {
                 values["vm_state"] = .string(v)
             }
             guard !values.isEmpty else { continue }
@@ -579,6 +585,40 @@ public final class NovaControlPlane: ControlPlane {
         }
     }
 
+    /// nova's `_poll_shelved_instances` (with `shelved_offload_time` > 0, at each
+    /// resources pass): a server shelved on this host longer than that, with no task, gets
+    /// task `shelving_offloading` and a `shelve_offload_instance` cast to this host — so the
+    /// offload runs as the RPC handler's, journaled and redelivered like any other.
+    func offloadShelved(context ctx: [String: JSONValue]) async {
+        let filters: JSONValue = .object(["vm_state": "shelved", "task_state": .null, "host": .string(settings.host)])
+        let listed: JSONValue
+        do {
+            listed = try await conductor.classAction("InstanceList", "get_by_filters", args: [filters],
+                                                     kwargs: ["expected_attrs": .array(["system_metadata"])], context: ctx)
+        } catch {
+            logger.warning("nova: cannot list this host's shelved servers: \(error)")
+            return
+        }
+        let now = wallClock()
+        for item in NovaObject(primitive: listed)?["objects"]?.arrayValue ?? [] {
+            guard var instance = NovaObject(primitive: item), let uuid = instance["uuid"]?.stringValue,
+                  let shelvedAt = instance["system_metadata"]?["shelved_at"]?.stringValue.flatMap(parseNovaTimestamp),
+                  now - shelvedAt >= Double(settings.shelvedOffloadTime)
+            else { continue }
+            instance.changes = []
+            instance.set("task_state", "shelving_offloading")
+            do {
+                try await conductor.objectAction(&instance, "save", kwargs: ["expected_task_state": .array([.null])], context: ctx)
+                try await client.cast(topic: "compute", server: settings.host, method: "shelve_offload_instance",
+                                      args: ["instance": instance.primitive, "clean_shutdown": false, "accel_uuids": .array([])],
+                                      version: "6.0", context: ctx)
+                logger.info("nova: offloading shelved server \(uuid) (shelved_offload_time \(settings.shelvedOffloadTime) s)")
+            } catch {
+                logger.warning("nova: could not start offloading shelved server \(uuid): \(error)")
+            }
+        }
+    }
+
     // MARK: - ControlPlane
 
     public func heartbeat(count: Int, uptime: Double) async throws {
@@ -606,6 +646,7 @@ public final class NovaControlPlane: ControlPlane {
             state.withLock { $0.lastPowerSync = monotonicSeconds() }
             await reconcileInstances(context: ctx, startUp: false)
         }
+        if settings.shelvedOffloadTime > 0 { await offloadShelved(context: ctx) }
         let want = JSONValue.object(inventory(capabilities))
         if state.withLock({ $0.inventory }) != want {
             var generation = 0
@@ -665,7 +706,7 @@ extension NovaControlPlane {
             reservedHostDiskMB: c.reservedHostDiskMB, cpuAllocationRatio: c.cpuAllocationRatio,
             ramAllocationRatio: c.ramAllocationRatio, diskAllocationRatio: c.diskAllocationRatio,
             callTimeout: c.rpcResponseTimeout, syncPowerStateInterval: c.syncPowerStateInterval)
-        settings.shelvedOffloadTime = c.shelvedOffloadTime == 0 ? 0 : -1
+        settings.shelvedOffloadTime = c.shelvedOffloadTime
         let glance = c.pluginSections["glance"] ?? c.novaSections["glance"] ?? [:]
         settings.glanceEndpoint = glance["api_servers"]?.split(separator: ",").first.map { String($0).trimmingCharacters() }
         self.init(settings: settings, client: client, handlerClient: handlerClient, manager: manager, logger: logger)

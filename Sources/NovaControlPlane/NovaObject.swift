@@ -64,6 +64,33 @@ func novaTimestamp(_ seconds: Double = wallClock()) -> String {
     return "\(tm.tm_year + 1900)-\(two(tm.tm_mon + 1))-\(two(tm.tm_mday))T\(two(tm.tm_hour)):\(two(tm.tm_min)):\(two(tm.tm_sec))Z"
 }
 
+/// Seconds since the epoch of a nova timestamp (`2026-12-02T10:20:55`, with optional
+/// fraction and `Z` or `+00:00`, UTC); nil when it is not one.
+func parseNovaTimestamp(_ text: String) -> Double? {
+    let digits = Array(text.utf8)
+    guard digits.count >= 19 else { return nil }
+    func num(_ from: Int, _ n: Int) -> Int? {
+        var v = 0
+        for b in digits[from..<(from + n)] {
+            guard b >= 48 && b <= 57 else { return nil }
+            v = v * 10 + Int(b - 48)
+        }
+        return v
+    }
+    guard let y = num(0, 4), let mo = num(5, 2), let d = num(8, 2), let h = num(11, 2), let mi = num(14, 2), let sec = num(17, 2),
+          digits[4] == 45, digits[7] == 45, digits[10] == 84 || digits[10] == 32, digits[13] == 58, digits[16] == 58,
+          (1...12).contains(mo), (1...31).contains(d), h < 24, mi < 60, sec < 61
+    else { return nil }
+    var tm = tm()
+    tm.tm_year = Int32(y - 1900)
+    tm.tm_mon = Int32(mo - 1)
+    tm.tm_mday = Int32(d)
+    tm.tm_hour = Int32(h)
+    tm.tm_min = Int32(mi)
+    tm.tm_sec = Int32(sec)
+    return Double(timegm(&tm))
+}
+
 func wallClock() -> Double {
     var ts = timespec()
     clock_gettime(CLOCK_REALTIME, &ts)

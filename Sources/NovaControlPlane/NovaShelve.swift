@@ -78,7 +78,10 @@ extension NovaComputeEndpoint {
         var t = try instanceObject(request)
         let ctx = request.context
         let event = "compute_shelve_offload_instance"
-        try await eventStart(t.uuid, event, ctx)
+        do { try await eventStart(t.uuid, event, ctx) } catch {
+            // The periodic offload (NovaControlPlane.offloadShelved) has no instance action.
+            logger.info("nova: shelve offload of \(t.uuid) without an instance action: \(error)")
+        }
         do {
             try await offloadGuest(&t, request)
             await eventFinish(t.uuid, event, error: nil, ctx)

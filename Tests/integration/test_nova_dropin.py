@@ -474,6 +474,35 @@ def test_shelve_offloads_the_server_and_unshelve_builds_it_from_its_snapshot(pla
     assert wait(lambda: server(sid) is None, timeout=60)
 
 
+def test_a_shelved_server_is_offloaded_after_shelved_offload_time(plane, memhv_agent, flavor, image):
+    """shelved_offload_time = N > 0 (nova's _poll_shelved_instances): the server stays
+    SHELVED on the host, and a resources pass at least N seconds later offloads it —
+    guest and allocation gone, SHELVED_OFFLOADED without a host."""
+    a = memhv_agent
+    original = a.conf.read_text()
+    a.stop()
+    a.conf.write_text(original.replace("[DEFAULT]\n", "[DEFAULT]\nshelved_offload_time = 2\n", 1))
+    a.start()
+    try:
+        sid = boot("vm-shelve-later", image, flavor)
+        assert settle(sid, "ACTIVE")["OS-EXT-SRV-ATTR:host"] == a.host
+        assert req("POST", f"/servers/{sid}/action", {"shelve": None})[0] == 202
+        s = settle(sid, "SHELVED")
+        assert s["status"] == "SHELVED" and s["OS-EXT-SRV-ATTR:host"] == a.host, s.get("fault")
+        s = wait(lambda: (lambda v: v if v["status"] == "SHELVED_OFFLOADED" and v["OS-EXT-STS:task_state"] is None else None)(server(sid)),
+                 timeout=40)
+        assert s and s["OS-EXT-SRV-ATTR:host"] is None, server(sid)
+        assert f"nova: offloading shelved server {sid}" in a.text()[a.mark:]
+        assert sid not in (a.tmp / "domains").read_text()
+        assert placement(f"/allocations/{sid}")[1]["allocations"] == {}
+        assert req("DELETE", f"/servers/{sid}")[0] == 204
+        assert wait(lambda: server(sid) is None, timeout=60)
+    finally:
+        a.stop()
+        a.conf.write_text(original)
+        a.start()
+
+
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
 def test_a_restart_keeps_the_service_the_node_and_the_instances(plane, memhv_agent, flavor, image, how):
     agent = memhv_agent
