@@ -99,9 +99,11 @@ extension NovaComputeEndpoint {
         let ctx = request.context
         try await removeHere(t.uuid, request, part: "offload", mustSucceed: true)
         await plane.deleteAllocation(t.uuid)
-        try await save(&t, ["power_state": 4, "vm_state": "shelved_offloaded", "task_state": .null],
+        // One save (nova: two, host and node cleared in the second), so that nobody sees a
+        // shelved_offloaded server that still names this host.
+        try await save(&t, ["power_state": 4, "vm_state": "shelved_offloaded", "task_state": .null,
+                            "host": .null, "node": .null, "compute_id": .null],
                        expected: .array(["shelving", "shelving_offloading"]), ctx)
-        try await save(&t, ["host": .null, "node": .null, "compute_id": .null], expected: nil, ctx)
         await plane.schedulerInstanceDeleted(t.uuid, context: ctx)
     }
 
