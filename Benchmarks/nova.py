@@ -273,6 +273,9 @@ def report(results, boots):
         lines.append(f"| {name} | {av} | {nv} | {ratio:.3f} | {goal} | {'' if met is None else ('yes' if met else 'no')} |")
     lines.append("")
     lines.append(f"Exit codes after SIGTERM: agent {a['exit_code']}, nova-compute {n['exit_code']}.")
+    lines.append("")
+    lines.append("`listed in os-hypervisors` waits for nova-scheduler's periodic discover_hosts to map the new host into"
+                 " the cell (nova-api skips unmapped hosts), so it moves with that period rather than with the service.")
     for label, r in (("agent", a), ("agent on memhv", m), ("nova-compute", n)):
         if r.get("largest_mappings"):
             lines += ["", f"Where the {label}'s RSS is (main process, the largest mappings by RSS; PSS shares pages"
