@@ -8,7 +8,9 @@ provider, boot → ACTIVE on the agent's host with its allocation, stop/start/re
 (soft, hard)/pause/unpause/suspend/resume with the right power states, instance actions
 and events, console output, delete with the allocation released, a failing build in
 ERROR with its fault, and a restart (SIGTERM, then SIGKILL) that keeps the service, the
-node, the provider and the instances."""
+node, the provider and the instances — and beyond it: resize/cold migration within a
+host, rescheduling, shelve, backup, evacuation between two agents, a crash between two
+steps of a resize, and the openstack CLI (docs/nova-dropin.md lists every check)."""
 import json
 import re
 import os
