@@ -36,17 +36,21 @@ extension NovaComputeEndpoint {
             try await save(&t, ["task_state": "rebuild_block_device_mapping"], expected: .array(["rebuilding"]), ctx)
             try await save(&t, ["task_state": "rebuild_spawning"], expected: .array(["rebuild_block_device_mapping"]), ctx)
             var built = try await buildHere(t, image: t.object["image_ref"]?.stringValue, checksum: nil, request, what: "evacuation")
-            try await save(&t, ["power_state": built["power_state"] ?? 1, "vm_state": "active", "task_state": .null,
-                                "launched_at": .string(novaTimestamp())], expected: .array(["rebuild_spawning"]), ctx)
+            // nova's finish_evacuation: the instance is this host's from now on. It goes in
+            // the save that settles the instance (nova saves it just after), so nobody sees
+            // a settled server that still names the dead host.
+            let takeover: [String: JSONValue] = ["host": .string(host), "node": .string(host), "compute_id": plane.nodeID]
+            var spawned: [String: JSONValue] = ["power_state": built["power_state"] ?? 1, "vm_state": "active", "task_state": .null,
+                                                "launched_at": .string(novaTimestamp())]
+            if wanted != "stopped" { spawned.merge(takeover) { $1 } }
+            try await save(&t, spawned, expected: .array(["rebuild_spawning"]), ctx)
             if wanted == "stopped" {
                 // nova brings it back to its state before the evacuation.
                 try await save(&t, ["task_state": "powering-off"], expected: nil, ctx)
                 built = try await native("stop_instance", ["instance_uuid": .string(t.uuid)], request, part: "stop")
                 try await save(&t, ["vm_state": built["vm_state"] ?? "stopped", "power_state": built["power_state"] ?? 4,
-                                    "task_state": .null], expected: nil, ctx)
+                                    "task_state": .null].merging(takeover) { $1 }, expected: nil, ctx)
             }
-            // nova's finish_evacuation: the instance is this host's from now on.
-            try await save(&t, ["host": .string(host), "node": .string(host), "compute_id": plane.nodeID], expected: nil, ctx)
             if var m = migration {
                 try await saveMigration(&m, ["status": "done"], ctx)
             }

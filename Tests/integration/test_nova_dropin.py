@@ -803,13 +803,18 @@ def test_an_instance_is_evacuated_from_a_dead_host_and_that_host_cleans_up_when_
         assert code in (200, 202), b
         s = settle(sid, "SHUTOFF", timeout=90)
         assert s["status"] == "SHUTOFF" and s["OS-EXT-SRV-ATTR:host"] == agent.host, s.get("fault")
-        (m,) = [m for m in req("GET", f"/os-migrations?instance_uuid={sid}")[1]["migrations"] if m["migration_type"] == "evacuation"]
+        # As in nova, the Migration is saved done just after the instance settles.
+        evacuation = lambda: [m for m in req("GET", f"/os-migrations?instance_uuid={sid}")[1]["migrations"]
+                              if m["migration_type"] == "evacuation"]
+        assert wait(lambda: [m["status"] for m in evacuation()] == ["done"], timeout=20), evacuation()
+        (m,) = evacuation()
         assert (m["status"], m["source_compute"], m["dest_compute"]) == ("done", a.host, agent.host), m
         assert sorted(placement(f"/allocations/{sid}")[1]["allocations"]) == sorted([here, there])
         assert sid in domains.read_text(), "the dead host's guest file should be untouched while it is down"
         rid = [x for x in req("GET", f"/servers/{sid}/os-instance-actions")[1]["instanceActions"] if x["action"] == "evacuate"][0]["request_id"]
-        events = req("GET", f"/servers/{sid}/os-instance-actions/{rid}")[1]["instanceAction"]["events"]
-        assert ("compute_rebuild_instance", "Success", agent.host) in [(e["event"], e["result"], e["host"]) for e in events], events
+        events = lambda: [(e["event"], e["result"], e["host"])
+                          for e in req("GET", f"/servers/{sid}/os-instance-actions/{rid}")[1]["instanceAction"]["events"]]
+        assert wait(lambda: ("compute_rebuild_instance", "Success", agent.host) in events(), timeout=20), events()
     finally:
         # Back (still forced down: nova-api lets a host up again only once its start-up
         # has completed the evacuations from it).
