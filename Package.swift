@@ -112,7 +112,7 @@ let package = Package(
         .target(name: "OVSNetwork", dependencies: ["PluginSDK", "PluginABI", "NetlinkShim"], path: "Plugins/OVSNetwork"),
 
         // Unit tests (the integration tests against real parts live in Tests/integration)
-        .testTarget(name: "MessagingTests", dependencies: ["Messaging"]),
+        .testTarget(name: "MessagingTests", dependencies: ["Messaging", "AgentSupport"]),
         .testTarget(name: "ComputeTests", dependencies: ["Compute", "PluginHost", "InstanceStore"]),
         .testTarget(name: "AgentSupportTests", dependencies: ["AgentSupport"]),
         .testTarget(name: "AgentMetricsTests", dependencies: ["AgentMetrics"]),

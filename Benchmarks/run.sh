@@ -25,6 +25,8 @@ echo "== metrics endpoint cost (drain and idle RSS with [metrics] listen on vs o
 python3 Benchmarks/metrics.py
 echo "== the cost curve: periodic tasks and memory at 100 … 50,000 instances (PNG plot)"
 python3 Benchmarks/scale.py
+echo "== native call latency against the broker floor, hand-back wait off and on, with a syscall timeline"
+python3 Benchmarks/calls.py
 echo "== where an idle agent's memory is (smaps by mapping)"
 python3 Benchmarks/smaps.py
 echo "== a rack on one broker (CA_BENCH_RACK agents, default 200, vs as many oslo.messaging anchors)"

@@ -70,6 +70,10 @@ public struct AgentConfiguration: Sendable {
     /// `[oslo_messaging_rabbit] quick_retry_window` (ours, not oslo's): seconds after a lost
     /// connection during which retries come every 0.1–0.5 s; 0 = oslo's schedule only.
     public var quickRetryWindow: Double
+    /// `[oslo_messaging_rabbit] handback_wait_us` (ours): microseconds a connection thread
+    /// stays awake after handing deliveries to the handlers, for their replies and acks
+    /// (saves a thread wake-up per hop); 0 = always sleep in poll.
+    public var handBackWaitMicroseconds: Int = 200
     // [image_cache] (nova's names and defaults)
     /// Seconds between cache manager passes; 0 = every `periodic_interval`; -1 = off.
     public var imageCacheManagerInterval: Int
@@ -143,7 +147,7 @@ public struct AgentConfiguration: Sendable {
                                   "amqp_durable_queues", "ssl", "ssl_ca_file", "ssl_cert_file", "ssl_key_file",
                                   "ssl_version", "ssl_enforce_fips_mode", "ssl_enforce_hostname_verification",
                                   "rabbit_retry_interval", "rabbit_retry_backoff", "rabbit_interval_max",
-                                  "quick_retry_window"],
+                                  "quick_retry_window", "handback_wait_us"],
         "image_cache": ["manager_interval", "remove_unused_base_images", "remove_unused_original_minimum_age_seconds",
                         "remove_unused_resized_minimum_age_seconds"],
         "metrics": ["listen"],
@@ -259,6 +263,7 @@ public struct AgentConfiguration: Sendable {
         c.retryBackoff = try reader.seconds(r, "rabbit_retry_backoff", c.retryBackoff, allowZero: true)
         c.intervalMax = try reader.seconds(r, "rabbit_interval_max", c.intervalMax)
         c.quickRetryWindow = try reader.seconds(r, "quick_retry_window", c.quickRetryWindow, allowZero: true)
+        c.handBackWaitMicroseconds = try reader.int(r, "handback_wait_us", c.handBackWaitMicroseconds, range: 0...1000)
 
         let ic = "image_cache"
         c.imageCacheManagerInterval = try reader.int(ic, "manager_interval", c.imageCacheManagerInterval, range: -1...(86_400 * 30))
@@ -371,6 +376,7 @@ public struct AgentConfiguration: Sendable {
             "oslo_messaging_rabbit.rabbit_retry_backoff": "\(retryBackoff)",
             "oslo_messaging_rabbit.rabbit_interval_max": "\(intervalMax)",
             "oslo_messaging_rabbit.quick_retry_window": "\(quickRetryWindow)",
+            "oslo_messaging_rabbit.handback_wait_us": "\(handBackWaitMicroseconds)",
             "image_cache.manager_interval": "\(imageCacheManagerInterval)",
             "image_cache.remove_unused_base_images": "\(removeUnusedBaseImages)",
             "image_cache.remove_unused_original_minimum_age_seconds": "\(removeUnusedOriginalMinimumAge)",

@@ -47,6 +47,9 @@ public final class AMQPWorker: Sendable {
         /// 0.4 s instead of one instant. oslo's schedule (above) starts after it, and at
         /// once after a refused login. 0 = oslo's schedule only.
         public var quickRetryWindow: Double = 10
+        /// Seconds the connection thread stays awake after a round that delivered messages,
+        /// for what the handlers hand back (see `HandBackSpin`); 0 = always sleep in poll.
+        public var handBackWait: Double = 0.000_2
 
         public init() {}
 
@@ -63,6 +66,7 @@ public final class AMQPWorker: Sendable {
             retryBackoff = c.retryBackoff
             maxInterval = c.intervalMax
             quickRetryWindow = c.quickRetryWindow
+            handBackWait = Double(c.handBackWaitMicroseconds) / 1_000_000
         }
     }
 
@@ -101,6 +105,8 @@ public final class AMQPWorker: Sendable {
         var commands: [Command] = []
         var stopping = false
         var wakePending = false
+        /// The connection thread is awake and looking at `commands` (HandBackSpin): no wake-up needed.
+        var spinning = false
         var started = false
         var stopped: [(UInt64, CheckedContinuation<Void, Never>)] = []
         var finished = false
@@ -114,6 +120,9 @@ public final class AMQPWorker: Sendable {
     private let onEvent: @Sendable (Event) -> Void
     private let state = Mutex(State())
     private let unsettled = Atomic<Int>(0)
+    /// The connection thread's `pthread_self()` (0 before it starts): what it queues for
+    /// itself (an ack from `onDelivery`) needs no wake-up, it goes round its loop anyway.
+    private let connectionThread = Atomic<UInt>(0)
 
     /// Deliveries of the current connection not yet acknowledged or rejected.
     public var unacknowledged: Int { unsettled.load(ordering: .relaxed) }
@@ -255,7 +264,8 @@ public final class AMQPWorker: Sendable {
         let (needWake, rejected) = state.withLock { s -> (Bool, Bool) in
             if s.finished || s.stopping { return (false, true) }
             s.commands.append(command)
-            if s.wakePending { return (false, false) }
+            if s.wakePending || s.spinning { return (false, false) }
+            if pthread_self() == connectionThread.load(ordering: .relaxed) { return (false, false) }
             s.wakePending = true
             return (true, false)
         }
@@ -276,6 +286,7 @@ public final class AMQPWorker: Sendable {
     // MARK: - The connection thread
 
     private func threadMain() {
+        connectionThread.store(pthread_self(), ordering: .relaxed)
         var attempt = 0
         var brokerIndex = 0
         var generation: UInt64 = 0
@@ -378,6 +389,9 @@ public final class AMQPWorker: Sendable {
     private func serve(_ conn: AMQPConnection, generation: UInt64) throws(AMQPError) {
         var acks = AckCoalescer()
         var acked: [UInt64] = []
+        var spin = HandBackSpin()
+        spin.budget = options.settings.handBackWait
+        var delivered = 0
         unsettled.store(0, ordering: .relaxed)
         while true {
             loopTick.withLock { $0 = monotonicSeconds() }
@@ -414,6 +428,16 @@ public final class AMQPWorker: Sendable {
             }
             unsettled.store(acks.outstanding.count, ordering: .relaxed)
             if stopping { return }
+            if !conn.hasBufferedInput && spin.shouldWait(delivered: delivered) {
+                let found = waitAwake(conn.socketFD, for: spin.budget)
+                spin.waited(found: found != .nothing)
+                // Commands: back to the top for them. Input: the poll below returns at once.
+                if found == .commands { delivered = 0; continue }
+            }
+            delivered = 0
+            // What this thread queued for itself (and what came in since the round's
+            // commands were taken) goes out before it sleeps.
+            if state.withLock({ !$0.commands.isEmpty }) { continue }
             if !conn.hasBufferedInput {
                 var fds = [pollfd(fd: conn.socketFD, events: Int16(POLLIN), revents: 0),
                            pollfd(fd: wakeRead, events: Int16(POLLIN), revents: 0)]
@@ -430,6 +454,7 @@ public final class AMQPWorker: Sendable {
                 case .delivery(let d):
                     acks.delivered(d.deliveryTag)
                     unsettled.store(acks.outstanding.count, ordering: .relaxed)
+                    delivered += 1
                     onDelivery(d)
                 case .returned(let key, let text): onEvent(.returned(routingKey: key, replyText: text))
                 case .nothing: break
@@ -437,6 +462,35 @@ public final class AMQPWorker: Sendable {
                 if !conn.hasBufferedInput && !Self.socketReadable(conn.socketFD) { break }
             }
         }
+    }
+
+    /// What a wait awake found.
+    private enum Awake { case commands, input, nothing }
+
+    /// Stays awake up to `seconds` for a command (a reply, an ack, a request handed back
+    /// from the pool) or for input on the socket, yielding the CPU on every turn. While it
+    /// waits, `enqueue` skips the pipe: the lock makes the hand-over safe (a command queued
+    /// after the wait ends sees `spinning` false and wakes the poll).
+    private func waitAwake(_ fd: Int32, for seconds: Double) -> Awake {
+        if state.withLock({ s -> Bool in s.spinning = true; return !s.commands.isEmpty || s.stopping }) {
+            state.withLock { $0.spinning = false }
+            return .commands
+        }
+        let deadline = monotonicSeconds() + seconds
+        var found = Awake.nothing
+        while found == .nothing && monotonicSeconds() < deadline {
+            sched_yield()
+            if state.withLock({ !$0.commands.isEmpty || $0.stopping }) {
+                found = .commands
+            } else if Self.socketReadable(fd) {
+                found = .input
+            }
+        }
+        let late = state.withLock { s -> Bool in
+            s.spinning = false
+            return !s.commands.isEmpty
+        }
+        return late ? .commands : found
     }
 
     private static func socketReadable(_ fd: Int32) -> Bool {

@@ -77,6 +77,14 @@ import Testing
             #expect(error.line == 2 && error.option == "shelved_offload_time")
         }
     }
+
+    @Test func handBackWaitIsZeroToOneMillisecond() throws {
+        #expect(try parse("").handBackWaitMicroseconds == 200)
+        #expect(try parse("[oslo_messaging_rabbit]\nhandback_wait_us = 0\n").handBackWaitMicroseconds == 0)
+        do { _ = try parse("[oslo_messaging_rabbit]\nhandback_wait_us = 5000\n"); Issue.record("accepted 5000") } catch {
+            #expect(error.line == 2 && error.option == "handback_wait_us")
+        }
+    }
 }
 
 @Suite struct JSONValueTests {
