@@ -305,8 +305,8 @@ def test_a_failing_build_ends_in_error_with_its_fault_and_no_allocation(plane, a
     assert "checksum" in s["fault"]["message"].lower(), s["fault"]
     assert placement(f"/allocations/{sid}")[1]["allocations"] == {}, "a failed build kept its allocation"
     actions = req("GET", f"/servers/{sid}/os-instance-actions")[1]["instanceActions"]
-    detail = req("GET", f"/servers/{sid}/os-instance-actions/{actions[0]['request_id']}")[1]["instanceAction"]
-    assert [e["result"] for e in detail["events"]] == ["Error"]
+    results = lambda: [e["result"] for e in req("GET", f"/servers/{sid}/os-instance-actions/{actions[0]['request_id']}")[1]["instanceAction"]["events"]]
+    assert wait(lambda: results() == ["Error"], timeout=20), results()
     assert req("DELETE", f"/servers/{sid}")[0] == 204
     assert wait(lambda: server(sid) is None, timeout=60)
 
@@ -348,10 +348,12 @@ def test_rebuild_onto_another_image_running_and_stopped(plane, agent, flavor, im
     assert s["status"] == "SHUTOFF" and s["image"]["id"] == image and s["OS-EXT-STS:power_state"] == 4, s.get("fault")
     actions = req("GET", f"/servers/{sid}/os-instance-actions")[1]["instanceActions"]
     for a in [a for a in actions if a["action"] == "rebuild"]:
-        detail = req("GET", f"/servers/{sid}/os-instance-actions/{a['request_id']}")[1]["instanceAction"]
-        events = {e["event"]: e["result"] for e in detail["events"]}
-        # the conductor's rebuild_server event, then the compute's
-        assert events.get("compute_rebuild_instance") == "Success" and set(events.values()) == {"Success"}, events
+        # the conductor's rebuild_server event, then the compute's (finished just after the
+        # last save, as in nova)
+        events = lambda: {e["event"]: e["result"] for e in
+                          req("GET", f"/servers/{sid}/os-instance-actions/{a['request_id']}")[1]["instanceAction"]["events"]}
+        assert wait(lambda: events().get("compute_rebuild_instance") == "Success" and set(events().values()) == {"Success"},
+                    timeout=20), events()
     assert len([a for a in actions if a["action"] == "rebuild"]) == 2
     assert req("DELETE", f"/servers/{sid}")[0] == 204
     assert wait(lambda: server(sid) is None, timeout=60)
@@ -598,14 +600,19 @@ def test_resize_confirm_revert_and_cold_migration_on_one_host_and_a_move_from_an
         return {rp: v["resources"] for rp, v in placement(f"/allocations/{consumer}")[1]["allocations"].items()}
 
     def migration(status):
-        ms = [m for m in req("GET", f"/os-migrations?instance_uuid={sid}")[1]["migrations"] if m["status"] == status]
-        assert len(ms) == 1, req("GET", f"/os-migrations?instance_uuid={sid}")[1]
+        # Polled: as in nova, a step may save its Migration just after the instance settles.
+        ms = wait(lambda: [m for m in req("GET", f"/os-migrations?instance_uuid={sid}")[1]["migrations"]
+                           if m["status"] == status], timeout=20)
+        assert ms and len(ms) == 1, req("GET", f"/os-migrations?instance_uuid={sid}")[1]
         return ms[0]
 
     def events(action):  # the compute's (the conductor adds its own, e.g. cold_migrate)
         acts = [x for x in req("GET", f"/servers/{sid}/os-instance-actions")[1]["instanceActions"] if x["action"] == action]
         detail = req("GET", f"/servers/{sid}/os-instance-actions/{acts[0]['request_id']}")[1]["instanceAction"]
         return sorted((e["event"], e["result"]) for e in detail["events"] if e["event"].startswith("compute_"))
+
+    def events_become(action, expected):  # an event finishes just after its step's last save, as in nova
+        return wait(lambda: events(action) == expected, timeout=20) or events(action)
 
     sid = boot("vm-resize", image, flavor)
     assert settle(sid, "ACTIVE")["OS-EXT-SRV-ATTR:host"] == a.host
@@ -620,14 +627,14 @@ def test_resize_confirm_revert_and_cold_migration_on_one_host_and_a_move_from_an
     m = migration("finished")
     assert (m["source_compute"], m["dest_compute"], m["migration_type"]) == (a.host, a.host, "resize")
     assert allocation(sid) == {node: large} and allocation(m["uuid"]) == {node: small}
-    assert events("resize") == [("compute_finish_resize", "Success"), ("compute_prep_resize", "Success"),
-                                ("compute_resize_instance", "Success")]
+    assert events_become("resize", [("compute_finish_resize", "Success"), ("compute_prep_resize", "Success"),
+                                    ("compute_resize_instance", "Success")]) is True
     assert req("POST", f"/servers/{sid}/action", {"confirmResize": None})[0] == 204
     s = settle(sid, "ACTIVE")
     assert s["status"] == "ACTIVE" and s["flavor"]["original_name"] == "tiny-bigger"
     assert wait(lambda: migration("confirmed"), timeout=20)
     assert allocation(sid) == {node: large} and allocation(m["uuid"]) == {}
-    assert events("confirmResize") == [("compute_confirm_resize", "Success")]
+    assert events_become("confirmResize", [("compute_confirm_resize", "Success")]) is True
     assert guest() == (2, 512)
 
     # Resize down, then revert: the old flavor comes back everywhere.
@@ -642,7 +649,8 @@ def test_resize_confirm_revert_and_cold_migration_on_one_host_and_a_move_from_an
     assert guest() == (2, 512) and s["OS-EXT-STS:power_state"] == 1
     assert migration("reverted")["uuid"] == m["uuid"]
     assert allocation(sid) == {node: large} and allocation(m["uuid"]) == {}
-    assert events("revertResize") == [("compute_finish_revert_resize", "Success"), ("compute_revert_resize", "Success")]
+    assert events_become("revertResize", [("compute_finish_revert_resize", "Success"),
+                                          ("compute_revert_resize", "Success")]) is True
 
     # A stopped server cold-migrates within the host and stays stopped.
     act(sid, {"os-stop": None}, "SHUTOFF")
@@ -696,8 +704,9 @@ def test_a_resize_the_hypervisor_fails_ends_in_error_with_its_fault_and_only_the
     s = settle(sid, "ERROR")
     assert s["status"] == "ERROR" and "cannot take the new flavor" in s["fault"]["message"], s.get("fault")
     assert s["flavor"]["original_name"] == "tiny"
+    assert wait(lambda: [m["status"] for m in req("GET", f"/os-migrations?instance_uuid={sid}")[1]["migrations"]] == ["error"],
+                timeout=20), req("GET", f"/os-migrations?instance_uuid={sid}")[1]
     (m,) = req("GET", f"/os-migrations?instance_uuid={sid}")[1]["migrations"]
-    assert m["status"] == "error"
     assert placement(f"/allocations/{m['uuid']}")[1]["allocations"] == {}
     assert req("DELETE", f"/servers/{sid}")[0] == 204
     assert wait(lambda: server(sid) is None, timeout=60)
