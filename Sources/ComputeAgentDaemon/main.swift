@@ -237,7 +237,13 @@ notifierOptions.connection = connectionSettings
 notifierOptions.durableQueues = config.durableQueues
 notifierOptions.quorumQueues = config.quorumQueues
 notifierOptions.confirmPublishes = true
-let notifier = RPCClient(options: notifierOptions, onConnectionEvent: connectionLogger("notify"))
+/// A reply the agent could not read is logged with the reason (its call fails at once).
+func unreadableReplyLogger(_ lane: String) -> @Sendable (String) -> Void {
+    let logger = logger
+    return { why in logger.error("rpc: \(why)", metadata: ["lane": "\(lane)"]) }
+}
+let notifier = RPCClient(options: notifierOptions, onConnectionEvent: connectionLogger("notify"),
+                         onUnreadableReply: unreadableReplyLogger("notify"))
 
 // The dialect: what the agent tells the control plane, and the RPC API it serves.
 let controlPlane: ControlPlane
@@ -248,7 +254,8 @@ if novaDialect {
     var handlerOptions = notifierOptions
     handlerOptions.connectionName = "compute-agent:conductor:\(config.host)"
     handlerOptions.threadName = "amqp-conductor"
-    let handlerClient = RPCClient(options: handlerOptions, onConnectionEvent: connectionLogger("conductor"))
+    let handlerClient = RPCClient(options: handlerOptions, onConnectionEvent: connectionLogger("conductor"),
+                                  onUnreadableReply: unreadableReplyLogger("conductor"))
     do {
         nova = try NovaControlPlane(configuration: config, client: notifier, handlerClient: handlerClient, manager: manager,
                                     logger: logger)

@@ -54,7 +54,14 @@ public final class RPCClient: Sendable {
     private let worker: AMQPWorker
     private let pending: PendingCalls
 
-    public init(options: Options, onConnectionEvent: @escaping @Sendable (AMQPWorker.Event) -> Void = { _ in }) {
+    /// - Parameters:
+    ///   - onUnreadableReply: hears why a message on the reply queue could not be read (on
+    ///     the connection thread; keep it short). The call it answers, when its `_msg_id`
+    ///     can still be found in the bytes, fails at once with that reason instead of
+    ///     waiting out its timeout.
+    public init(options: Options, onConnectionEvent: @escaping @Sendable (AMQPWorker.Event) -> Void = { _ in },
+                onUnreadableReply: @escaping @Sendable (String) -> Void = { _ in })
+    {
         self.options = options
         let replyQueue = "reply_\(randomHex())"
         self.replyQueue = replyQueue
@@ -76,10 +83,23 @@ public final class RPCClient: Sendable {
             },
             onDelivery: { delivery in
                 box.worker?.ack(delivery)
-                guard let m = try? OsloMessage.unwrap(body: delivery.body),
-                      let id = m["_msg_id"]?.stringValue,
-                      m["ending"]?.boolValue ?? true
-                else { return }
+                let m: [String: JSONValue]
+                do throws(MalformedMessage) { m = try OsloMessage.unwrap(body: delivery.body) } catch {
+                    let id = Self.messageID(in: delivery.body)
+                    let why = "a reply \(id.map { "to call \($0) " } ?? "")could not be read: \(error.reason)"
+                    onUnreadableReply(why)
+                    if let id {
+                        pending.complete(id, .failure(RemoteFailure(className: "UnreadableReply", module: "compute_agent.messaging",
+                                                                    message: why)))
+                    }
+                    return
+                }
+                guard let id = m["_msg_id"]?.stringValue else {
+                    onUnreadableReply("a reply without a _msg_id was dropped (\(delivery.body.count) bytes)")
+                    return
+                }
+                // oslo's older servers send the result, then an empty `ending` message.
+                guard m["ending"]?.boolValue ?? true else { return }
                 let outcome: Result<JSONValue, RemoteFailure>
                 if let f = m["failure"]?.stringValue {
                     outcome = .failure(RemoteFailure(serialized: f))
@@ -222,6 +242,36 @@ public final class RPCClient: Sendable {
         } else {
             try conn.publish(exchange: exchange, routingKey: routingKey, body: body, mandatory: false, expiration: expiration)
         }
+    }
+}
+
+extension RPCClient {
+    /// The `_msg_id` of a reply whose JSON could not be parsed, found in its raw bytes
+    /// (plain, or inside the envelope's escaped `oslo.message` string); nil if absent.
+    static func messageID(in body: [UInt8]) -> String? {
+        let key = Array("_msg_id".utf8)
+        guard body.count > key.count else { return nil }
+        var i = 0
+        while i + key.count <= body.count {
+            if body[i..<(i + key.count)].elementsEqual(key) {
+                var j = i + key.count
+                // The closing quote (maybe escaped), the colon, spaces, the opening quote.
+                while j < body.count, [UInt8(ascii: "\\"), UInt8(ascii: "\""), UInt8(ascii: ":"), UInt8(ascii: " ")].contains(body[j]) {
+                    j += 1
+                }
+                var id: [UInt8] = []
+                while j < body.count, id.count < 64, body[j].isHexOrDash { id.append(body[j]); j += 1 }
+                if !id.isEmpty { return String(decoding: id, as: UTF8.self) }
+            }
+            i += 1
+        }
+        return nil
+    }
+}
+
+private extension UInt8 {
+    var isHexOrDash: Bool {
+        (self >= 0x30 && self <= 0x39) || (self >= 0x61 && self <= 0x66) || (self >= 0x41 && self <= 0x46) || self == 0x2D
     }
 }
 

@@ -375,3 +375,47 @@ def test_status_reports_the_last_confirmed_heartbeat_while_the_broker_refuses_pu
     finally:
         a.stop()
         notify.sock.close()
+
+
+def test_an_unreadable_reply_fails_its_call_at_once_with_the_reason():
+    """A server that answers a call with a reply our strict JSON parser refuses (here NaN,
+    which Python's json writes): the caller hears why at once instead of waiting out its
+    timeout, and the agent's clients (the conductor's lane) log the same way."""
+    import pika
+    from conftest import CTL
+    host = f"peer-{uuid.uuid4().hex[:6]}"
+    params = pika.ConnectionParameters("127.0.0.1", 5672, "/", pika.PlainCredentials(RABBIT_USER, RABBIT_PASSWORD))
+    conn = pika.BlockingConnection(params)
+    ch = conn.channel()
+    ch.exchange_declare("nova", exchange_type="topic", durable=False)
+    q = f"compute.{host}"
+    ch.queue_declare(q, auto_delete=True)
+    ch.queue_bind(q, "nova", routing_key=q)
+    answered = []
+
+    def serve():
+        for method, props, body in ch.consume(q, inactivity_timeout=15):
+            if method is None:
+                break
+            inner = json.loads(json.loads(body)["oslo.message"])
+            bad = '{"_msg_id": "%s", "result": NaN, "failure": null}' % inner["_msg_id"]
+            ch.basic_publish("", inner["_reply_q"], json.dumps({"oslo.version": "2.0", "oslo.message": bad}).encode())
+            ch.basic_ack(method.delivery_tag)
+            answered.append(inner["_msg_id"])
+            break
+        ch.cancel()
+
+    t = threading.Thread(target=serve)
+    t.start()
+    try:
+        started = time.time()
+        p = subprocess.run([str(CTL), "ping", "--transport-url", URL, "--host", host, "--timeout", "30"],
+                           capture_output=True, text=True, timeout=60)
+        took = time.time() - started
+    finally:
+        t.join(20)
+        conn.close()
+    assert answered, "the peer never saw the call"
+    assert p.returncode != 0 and took < 10, (took, p.stdout, p.stderr)
+    out = p.stdout + p.stderr
+    assert f"a reply to call {answered[0]} could not be read" in out and "not JSON" in out, out
