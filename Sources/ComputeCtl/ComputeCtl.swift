@@ -46,10 +46,13 @@ struct Connection: ParsableArguments {
     /// Runs `body` with a started client; prints remote errors the way an operator wants them.
     /// `--timeout` bounds the connection too: a closed port, a refused login or a broker
     /// that never answers ends the command after that long with the reason.
-    func withClient<T>(_ body: (RPCClient, String) async throws -> T) async throws -> T {
+    /// `confirmPublishes`: casts return once the broker confirmed them (the agent's own
+    /// lanes publish this way).
+    func withClient<T>(confirmPublishes: Bool = false, _ body: (RPCClient, String) async throws -> T) async throws -> T {
         let (url, exchange, host, config) = try resolveAll()
         var options = RPCClient.Options(url: url, exchange: exchange, acceptsReplies: true,
                                         connectionName: "computectl", threadName: "computectl")
+        options.confirmPublishes = confirmPublishes
         options.durableQueues = config.durableQueues
         options.quorumQueues = config.quorumQueues
         options.connection = AMQPWorker.ConnectionSettings(configuration: config)
@@ -458,12 +461,22 @@ struct BenchCalls: AsyncParsableCommand {
     @Option(help: "Calls before timing starts.") var warmup = 100
     @Option(help: "Bytes of padding the reply carries.") var replyBytes = 0
     @Option(help: "Callers running at once, each making count/concurrency calls in sequence.") var concurrency = 1
+    @Flag(help: "Publisher confirms on, with confirmed ping casts in flight alongside the calls (as on the agent's own lanes, where replies arrive while a publish waits for its confirm).")
+    var withConfirmedCasts = false
 
     func run() async throws {
         guard count > 0, concurrency > 0 else { throw ValidationError("--count and --concurrency must be positive") }
         let args: [String: JSONValue] = replyBytes > 0 ? ["reply_bytes": .int(Int64(replyBytes))] : [:]
         let (count, concurrency, timeout, warmup) = (self.count, self.concurrency, conn.timeout, self.warmup)
-        try await conn.withClient { c, host in
+        try await conn.withClient(confirmPublishes: withConfirmedCasts) { c, host in
+            let casting = !withConfirmedCasts ? nil : Task {
+                var sent = 0
+                while !Task.isCancelled {
+                    try await c.cast(topic: "compute", server: host, method: "ping", args: [:])
+                    sent += 1
+                }
+                return sent
+            }
             for _ in 0..<warmup { _ = try await c.call(topic: "compute", server: host, method: "ping", args: args, timeout: timeout) }
             let start = monotonicSeconds()
             var samples = try await withThrowingTaskGroup(of: [Double].self) { group in
@@ -483,6 +496,8 @@ struct BenchCalls: AsyncParsableCommand {
                 return all
             }
             let total = monotonicSeconds() - start
+            casting?.cancel()
+            let casts = try await casting?.value
             samples.sort()
             func pct(_ p: Double) -> Double { samples[min(samples.count - 1, Int(Double(samples.count) * p))] }
             let result: JSONValue = .object([
@@ -491,6 +506,7 @@ struct BenchCalls: AsyncParsableCommand {
                 "min_ms": .double(samples.first!), "max_ms": .double(samples.last!),
                 "mean_ms": .double(samples.reduce(0, +) / Double(samples.count)),
                 "calls_per_s": .double(Double(samples.count) / total),
+                "confirmed_casts": .int(Int64(casts ?? 0)),
             ])
             print(result.serialized())
         }

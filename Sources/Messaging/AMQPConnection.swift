@@ -258,14 +258,67 @@ public final class AMQPConnection {
         precondition(confirming, "publishConfirmed needs enableConfirms() first")
         try publish(exchange: exchange, routingKey: routingKey, body: body, mandatory: false, expiration: nil)
         let seq = publishSeq
-        var err = [CChar](repeating: 0, count: 512)
-        let rc = err.withUnsafeMutableBufferPointer {
-            ca_amqp_wait_confirm(state, channel, seq, Int32(timeout * 1000), $0.baseAddress!, $0.count)
+        let deadline = monotonicSeconds() + timeout
+        // Waits for the broker's basic.ack of publish number `seq` (1-based, counted per
+        // channel since confirm.select), skipping confirms of earlier publishes. Deliveries
+        // that arrive meanwhile (a call's reply on a connection that also publishes with
+        // confirms) are kept for `readNonBlocking`, never dropped: a dropped reply would leave
+        // its caller waiting out its timeout.
+        while true {
+            let left = deadline - monotonicSeconds()
+            // A missing confirm leaves the channel's numbering unknown: reconnect.
+            guard left > 0 else { throw failed(AMQPError("the broker did not confirm the publish within \(Int(timeout * 1000)) ms")) }
+            var envelope = amqp_envelope_t()
+            var tv = timeval(tv_sec: Int(left), tv_usec: Int((left - left.rounded(.down)) * 1_000_000))
+            let reply = amqp_consume_message(state, &envelope, &tv, 0)
+            if reply.reply_type == AMQP_RESPONSE_NORMAL {
+                stashed.append(Self.delivery(envelope, generation: 0))
+                amqp_destroy_envelope(&envelope)
+                continue
+            }
+            if reply.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION && reply.library_error == AMQP_STATUS_TIMEOUT.rawValue { continue }
+            guard reply.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION && reply.library_error == AMQP_STATUS_UNEXPECTED_STATE.rawValue else {
+                var err = [CChar](repeating: 0, count: 512)
+                ca_amqp_describe_reply(reply, "waiting for the publish confirm", &err, err.count)
+                markBroken()
+                throw failed(AMQPError(String(nulTerminated: err)))
+            }
+            var frame = amqp_frame_t()
+            let rc = amqp_simple_wait_frame(state, &frame)
+            if rc != AMQP_STATUS_OK.rawValue {
+                markBroken()
+                throw failed(AMQPError("waiting for the publish confirm: \(String(cString: amqp_error_string2(rc)))"))
+            }
+            guard frame.frame_type == ca_amqp_frame_method(), frame.channel == channel else { continue }
+            let id = frame.payload.method.id
+            if id == ca_amqp_method_basic_ack() {
+                let m = frame.payload.method.decoded.assumingMemoryBound(to: amqp_basic_ack_t.self).pointee
+                if m.delivery_tag == seq || (m.multiple != 0 && m.delivery_tag >= seq) { return }
+            } else if id == ca_amqp_method_basic_nack() {
+                let m = frame.payload.method.decoded.assumingMemoryBound(to: amqp_basic_nack_t.self).pointee
+                if m.delivery_tag == seq || (m.multiple != 0 && m.delivery_tag >= seq) {
+                    throw failed(AMQPError("the broker refused (nacked) the publish"))
+                }
+            } else if id == ca_amqp_method_basic_return() {
+                var message = amqp_message_t()
+                let r = amqp_read_message(state, frame.channel, &message, 0)
+                if r.reply_type == AMQP_RESPONSE_NORMAL { amqp_destroy_message(&message) }
+            } else if id == ca_amqp_method_channel_close() {
+                let m = frame.payload.method.decoded.assumingMemoryBound(to: amqp_channel_close_t.self).pointee
+                markBroken()
+                throw failed(AMQPError("waiting for the publish confirm: server closed channel: \(m.reply_code) \(Self.string(m.reply_text))"))
+            } else if id == ca_amqp_method_connection_close() {
+                let m = frame.payload.method.decoded.assumingMemoryBound(to: amqp_connection_close_t.self).pointee
+                markBroken()
+                throw failed(AMQPError("waiting for the publish confirm: server closed connection: \(m.reply_code) \(Self.string(m.reply_text))"))
+            }
         }
-        if rc == -2 { markBroken() }
-        // A missing confirm leaves the channel's numbering unknown: reconnect.
-        if rc != 0 { throw failed(AMQPError(String(nulTerminated: err))) }
     }
+
+    /// Deliveries read while `publishConfirmed` waited, oldest first; `readNonBlocking`
+    /// hands them out before anything newer. (Their tags are above every delivery handed
+    /// out before, so no multiple ack of earlier ones can cover them.)
+    private var stashed: [AMQPDelivery] = []
 
     /// Declares `name` with the given flags unless this connection already did.
     public func ensureExchange(_ name: String, type: String, durable: Bool, autoDelete: Bool) throws(AMQPError) {
@@ -296,7 +349,9 @@ public final class AMQPConnection {
     }
 
     var socketFD: Int32 { amqp_get_sockfd(state) }
-    var hasBufferedInput: Bool { amqp_data_in_buffer(state) != 0 || amqp_frames_enqueued(state) != 0 }
+    var hasBufferedInput: Bool {
+        !stashed.isEmpty || amqp_data_in_buffer(state) != 0 || amqp_frames_enqueued(state) != 0
+    }
 
     enum ReadResult {
         case delivery(AMQPDelivery)
@@ -307,23 +362,18 @@ public final class AMQPConnection {
     /// Reads one message without waiting (beyond finishing a frame already under way).
     /// Also lets librabbitmq send and check heartbeats.
     func readNonBlocking(generation: UInt64) throws(AMQPError) -> ReadResult {
+        if !stashed.isEmpty {
+            var d = stashed.removeFirst()
+            d.generation = generation
+            return .delivery(d)
+        }
         amqp_maybe_release_buffers(state)
         var envelope = amqp_envelope_t()
         var tv = timeval(tv_sec: 0, tv_usec: 0)
         let reply = amqp_consume_message(state, &envelope, &tv, 0)
         if reply.reply_type == AMQP_RESPONSE_NORMAL {
             defer { amqp_destroy_envelope(&envelope) }
-            let body: [UInt8]
-            if envelope.message.body.len > 0, let p = envelope.message.body.bytes {
-                body = Array(UnsafeRawBufferPointer(start: p, count: envelope.message.body.len))
-            } else {
-                body = []
-            }
-            return .delivery(AMQPDelivery(
-                body: body, deliveryTag: envelope.delivery_tag,
-                exchange: Self.string(envelope.exchange), routingKey: Self.string(envelope.routing_key),
-                consumerTag: Self.string(envelope.consumer_tag), redelivered: envelope.redelivered != 0,
-                generation: generation))
+            return .delivery(Self.delivery(envelope, generation: generation))
         }
         if reply.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION {
             if reply.library_error == AMQP_STATUS_TIMEOUT.rawValue { return .nothing }
@@ -365,6 +415,21 @@ public final class AMQPConnection {
             throw AMQPError("broker closed the connection: \(m.reply_code) \(Self.string(m.reply_text))")
         }
         return .nothing
+    }
+
+    /// A delivery copied out of librabbitmq's envelope (whose memory the next read reuses).
+    private static func delivery(_ envelope: amqp_envelope_t, generation: UInt64) -> AMQPDelivery {
+        let body: [UInt8]
+        if envelope.message.body.len > 0, let p = envelope.message.body.bytes {
+            body = Array(UnsafeRawBufferPointer(start: p, count: envelope.message.body.len))
+        } else {
+            body = []
+        }
+        return AMQPDelivery(
+            body: body, deliveryTag: envelope.delivery_tag,
+            exchange: Self.string(envelope.exchange), routingKey: Self.string(envelope.routing_key),
+            consumerTag: Self.string(envelope.consumer_tag), redelivered: envelope.redelivered != 0,
+            generation: generation)
     }
 
     static func string(_ b: amqp_bytes_t) -> String {

@@ -182,64 +182,10 @@ int ca_amqp_confirm_select(amqp_connection_state_t conn, amqp_channel_t channel,
   return check(conn, "confirm.select", err, err_len);
 }
 
-int ca_amqp_wait_confirm(amqp_connection_state_t conn, amqp_channel_t channel, uint64_t seq,
-                         int timeout_ms, char *err, size_t err_len) {
-  struct timeval tv;
-  tv.tv_sec = timeout_ms / 1000;
-  tv.tv_usec = (timeout_ms % 1000) * 1000;
-  for (;;) {
-    amqp_frame_t frame;
-    int rc = amqp_simple_wait_frame_noblock(conn, &frame, &tv);
-    if (rc == AMQP_STATUS_TIMEOUT) {
-      snprintf(err, err_len, "the broker did not confirm the publish within %d ms", timeout_ms);
-      return -1;
-    }
-    if (rc != AMQP_STATUS_OK) {
-      snprintf(err, err_len, "waiting for the publish confirm: %s", amqp_error_string2(rc));
-      return -1;
-    }
-    if (frame.frame_type != AMQP_FRAME_METHOD || frame.channel != channel) continue;
-    switch (frame.payload.method.id) {
-    case AMQP_BASIC_ACK_METHOD: {
-      amqp_basic_ack_t *m = (amqp_basic_ack_t *)frame.payload.method.decoded;
-      if (m->delivery_tag == seq || (m->multiple && m->delivery_tag >= seq)) return 0;
-      break; /* an earlier publish's confirm */
-    }
-    case AMQP_BASIC_NACK_METHOD: {
-      amqp_basic_nack_t *m = (amqp_basic_nack_t *)frame.payload.method.decoded;
-      if (m->delivery_tag == seq || (m->multiple && m->delivery_tag >= seq)) {
-        snprintf(err, err_len, "the broker refused (nacked) the publish");
-        return -1;
-      }
-      break;
-    }
-    case AMQP_BASIC_RETURN_METHOD: {
-      amqp_message_t message;
-      amqp_rpc_reply_t r = amqp_read_message(conn, channel, &message, 0);
-      if (r.reply_type == AMQP_RESPONSE_NORMAL) amqp_destroy_message(&message);
-      break;
-    }
-    case AMQP_CHANNEL_CLOSE_METHOD: {
-      amqp_channel_close_t *m = (amqp_channel_close_t *)frame.payload.method.decoded;
-      snprintf(err, err_len, "waiting for the publish confirm: server closed channel: %u %.*s",
-               m->reply_code, (int)m->reply_text.len, (char *)m->reply_text.bytes);
-      return -2;
-    }
-    case AMQP_CONNECTION_CLOSE_METHOD: {
-      amqp_connection_close_t *m = (amqp_connection_close_t *)frame.payload.method.decoded;
-      snprintf(err, err_len, "waiting for the publish confirm: server closed connection: %u %.*s",
-               m->reply_code, (int)m->reply_text.len, (char *)m->reply_text.bytes);
-      return -2;
-    }
-    default:
-      break;
-    }
-  }
-}
-
 uint32_t ca_amqp_method_basic_deliver(void) { return AMQP_BASIC_DELIVER_METHOD; }
 uint32_t ca_amqp_method_basic_return(void) { return AMQP_BASIC_RETURN_METHOD; }
 uint32_t ca_amqp_method_basic_ack(void) { return AMQP_BASIC_ACK_METHOD; }
+uint32_t ca_amqp_method_basic_nack(void) { return AMQP_BASIC_NACK_METHOD; }
 uint32_t ca_amqp_method_channel_close(void) { return AMQP_CHANNEL_CLOSE_METHOD; }
 uint32_t ca_amqp_method_connection_close(void) { return AMQP_CONNECTION_CLOSE_METHOD; }
 uint8_t ca_amqp_frame_method(void) { return AMQP_FRAME_METHOD; }

@@ -419,3 +419,23 @@ def test_an_unreadable_reply_fails_its_call_at_once_with_the_reason():
     assert p.returncode != 0 and took < 10, (took, p.stdout, p.stderr)
     out = p.stdout + p.stderr
     assert f"a reply to call {answered[0]} could not be read" in out and "not JSON" in out, out
+
+
+def test_replies_that_arrive_while_a_publish_waits_for_its_confirm_are_not_lost(tmp_path):
+    """The agent's own lanes (the nova dialect's conductor and notify connections) publish
+    with confirms and take call replies on the same connection. A reply that arrived while
+    a publish waited for its confirm used to be read and dropped, and its call then timed
+    out (a delete under nova hung for 60 s). computectl makes thousands of calls while
+    confirmed casts stream on the same connection: every call must get its reply."""
+    from conftest import CTL
+    a = Agent(tmp_path).start()
+    try:
+        p = subprocess.run([str(CTL), "bench-calls", "--transport-url", URL, "--host", a.host, "--count", "3000",
+                            "--concurrency", "4", "--timeout", "5", "--with-confirmed-casts"],
+                           capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr[-2000:]
+        r = json.loads(p.stdout.strip().splitlines()[-1])
+        assert r["count"] == 3000 and r["confirmed_casts"] > 1000, r
+        assert r["max_ms"] < 5000, r
+    finally:
+        a.stop()

@@ -59,13 +59,6 @@ int ca_amqp_publish_json(amqp_connection_state_t conn, amqp_channel_t channel,
 int ca_amqp_confirm_select(amqp_connection_state_t conn, amqp_channel_t channel, char *err,
                            size_t err_len);
 
-/* Waits up to `timeout_ms` for the broker's basic.ack of publish number `seq` (1-based,
- * counted per channel since confirm.select), skipping confirms of earlier publishes and
- * returned messages. 0 = confirmed; -1 = nacked or timed out; -2 = the broker closed the
- * channel or connection. */
-int ca_amqp_wait_confirm(amqp_connection_state_t conn, amqp_channel_t channel, uint64_t seq,
-                         int timeout_ms, char *err, size_t err_len);
-
 /* Describes a non-normal amqp_rpc_reply_t as text. */
 void ca_amqp_describe_reply(amqp_rpc_reply_t reply, const char *context, char *err,
                             size_t err_len);
@@ -74,6 +67,7 @@ void ca_amqp_describe_reply(amqp_rpc_reply_t reply, const char *context, char *e
 uint32_t ca_amqp_method_basic_deliver(void);
 uint32_t ca_amqp_method_basic_return(void);
 uint32_t ca_amqp_method_basic_ack(void);
+uint32_t ca_amqp_method_basic_nack(void);
 uint32_t ca_amqp_method_channel_close(void);
 uint32_t ca_amqp_method_connection_close(void);
 uint8_t ca_amqp_frame_method(void);
