@@ -44,8 +44,9 @@ let package = Package(
         .systemLibrary(name: "CLibvirt", pkgConfig: "libvirt",
                        providers: [.apt(["libvirt-dev"])]),
         .target(name: "PluginABI"),
-        .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd",
-                       providers: [.apt(["libsystemd-dev"])]),
+        // systemd's notify and native journal protocols, spoken directly (libsystemd would map
+        // libgcrypt, liblz4, libzstd, liblzma and libcap for three calls).
+        .target(name: "SystemdProtocol"),
         .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3",
                        providers: [.apt(["libsqlite3-dev"])]),
         .systemLibrary(name: "CCrypto", pkgConfig: "libcrypto",
@@ -59,7 +60,7 @@ let package = Package(
         // Agent modules
         .target(name: "JSON"),
         .target(name: "AgentSupport", dependencies: [
-            "JSON", "CSystemd",
+            "JSON", "SystemdProtocol",
             .product(name: "Logging", package: "swift-log"),
         ]),
         .target(name: "AgentMetrics", dependencies: [

@@ -53,7 +53,7 @@ Version: $VERSION
 Architecture: $ARCH
 Maintainer: ComputeAgent developers <compute-agent@localhost>
 Installed-Size: $SIZE
-Depends: libc6, libstdc++6, libgcc-s1, librabbitmq4, libsqlite3-0, libsystemd0, libvirt0, libcurl4, libssl3, qemu-utils, adduser
+Depends: libc6, libstdc++6, libgcc-s1, librabbitmq4, libsqlite3-0, libvirt0, libcurl4, libssl3, qemu-utils, adduser
 Recommends: libvirt-daemon-system
 Section: admin
 Priority: optional

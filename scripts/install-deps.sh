@@ -11,7 +11,6 @@ DEB_PACKAGES=(
   librabbitmq-dev        # AMQP 0-9-1 client (rabbitmq-c) used by the Messaging module
   libvirt-dev            # the libvirt hypervisor plugin
   libsqlite3-dev         # the crash-safe instance store (InstanceStore module)
-  libsystemd-dev         # journald / sd_notify (daemon integration)
   libcurl4-openssl-dev   # HTTP (placement, the glance plugin): headers to build; libcurl is dlopen'ed at the first request
   libssl-dev             # libcrypto digests (sha512/md5/sha256) for the image plugins
   curl                   # scripts/glance.sh health checks

@@ -1,4 +1,4 @@
-import CSystemd
+import SystemdProtocol
 import Logging
 import Synchronization
 
@@ -16,8 +16,8 @@ public enum LiveLogLevel {
     }
 }
 
-/// A swift-log backend that writes to journald natively through libsystemd
-/// (`sd_journal_sendv`, one iovec per field, so multi-line messages and any bytes stay
+/// A swift-log backend that writes to journald natively (the native journal protocol,
+/// `ca_journal_sendv` in `Sources/SystemdProtocol`, one field per iovec, so multi-line messages and any bytes stay
 /// intact). Each entry carries `PRIORITY`, `MESSAGE`, `SYSLOG_IDENTIFIER=compute-agent`,
 /// `CODE_FILE`/`CODE_LINE`/`CODE_FUNC`, and the metadata as fields: `instance_uuid` →
 /// `INSTANCE_UUID`, `request_id` → `REQUEST_ID`, `method` → `RPC_METHOD`, `plugin` →
@@ -63,19 +63,20 @@ public struct JournaldLogHandler: LogHandler {
         Self.send(fields)
     }
 
-    /// Sends one entry; each field is one iovec of `NAME=value`.
+    /// Sends one entry; each field is one iovec of `NAME=value`, all pointing into one
+    /// buffer that stays pinned for the call.
     static func send(_ fields: [String]) {
-        var buffers = fields.map { Array($0.utf8) }
-        var iovecs: [iovec] = []
-        iovecs.reserveCapacity(buffers.count)
-        for i in buffers.indices {
-            buffers[i].withUnsafeMutableBytes { raw in
-                iovecs.append(iovec(iov_base: raw.baseAddress, iov_len: raw.count))
-            }
+        var bytes: [UInt8] = []
+        var spans: [(start: Int, count: Int)] = []
+        for f in fields {
+            let start = bytes.count
+            bytes.append(contentsOf: f.utf8)
+            spans.append((start, bytes.count - start))
         }
-        // The pointers stay valid: `buffers` is not touched again until after the call.
-        withExtendedLifetime(buffers) {
-            _ = sd_journal_sendv(&iovecs, Int32(iovecs.count))
+        bytes.withUnsafeMutableBytes { raw in
+            guard let base = raw.baseAddress else { return }
+            var iovecs = spans.map { iovec(iov_base: base + $0.start, iov_len: $0.count) }
+            _ = ca_journal_sendv(&iovecs, Int32(iovecs.count))
         }
     }
 

@@ -1,16 +1,17 @@
-import CSystemd
+import SystemdProtocol
 
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// The service manager's notification protocol (`sd_notify`), for `Type=notify` and
+/// The service manager's notification protocol (sd_notify(3), spoken by
+/// `Sources/SystemdProtocol`), for `Type=notify` and
 /// `Type=notify-reload` units and the watchdog. Without `NOTIFY_SOCKET` (not started by
 /// systemd) every call is a no-op.
 public enum SystemdNotifier {
     /// Sends one or more `KEY=value` lines.
     public static func notify(_ lines: String...) {
-        _ = sd_notify(0, lines.joined(separator: "\n"))
+        _ = ca_sd_notify(lines.joined(separator: "\n"))
     }
 
     public static func ready(status: String? = nil) {
@@ -34,7 +35,7 @@ public enum SystemdNotifier {
     /// The watchdog period systemd asked for (`WatchdogSec=`), in seconds, or nil.
     public static var watchdogPeriod: Double? {
         var usec: UInt64 = 0
-        guard sd_watchdog_enabled(0, &usec) > 0, usec > 0 else { return nil }
+        guard ca_sd_watchdog_enabled(&usec) > 0, usec > 0 else { return nil }
         return Double(usec) / 1_000_000
     }
 }

@@ -1,8 +1,8 @@
-"""Logging to journald natively (libsystemd's sd_journal_sendv): the test binds its own
-unix datagram socket, and the agent runs in a mount namespace where that socket is
-/run/systemd/journal/socket, so the real libsystemd talks to the test. The test decodes
-the native journal protocol, including the binary-safe length-prefixed form libsystemd
-uses for values with a newline."""
+"""Logging to journald natively (the native journal protocol, which the agent speaks
+itself in Sources/SystemdProtocol): the test binds its own unix datagram socket, and the
+agent runs in a mount namespace where that socket is /run/systemd/journal/socket. The
+test decodes the protocol as journald does, including the binary-safe length-prefixed
+form for values with a newline and the sealed memfd for entries too big for a datagram."""
 import os
 import socket
 import struct
@@ -119,3 +119,57 @@ def test_a_multi_line_message_uses_the_binary_safe_form(journal_agent, transport
     assert e["PRIORITY"] == "4" and e["RPC_METHOD"] == "get_instance_info"
     raw = next(d for d in j.raw if b"line two" in d)
     assert b"\nMESSAGE\n" in raw or raw.startswith(b"MESSAGE\n"), "a value with a newline must be length-prefixed"
+
+
+def test_an_entry_too_big_for_a_datagram_goes_in_a_sealed_memfd(tmp_path):
+    """The agent speaks the native journal protocol itself (Sources/SystemdProtocol, not
+    libsystemd). An entry larger than a datagram may be (here 600 kB) goes, as libsystemd
+    sends it, in a sealed memfd passed with SCM_RIGHTS; journald refuses unsealed ones.
+    The protocol code is built as a library and driven from a process in a mount
+    namespace whose /run/systemd/journal/socket is the test's socket."""
+    import array
+    import fcntl
+    import pathlib
+    import sys
+    src = pathlib.Path(__file__).resolve().parents[2] / "Sources" / "SystemdProtocol"
+    lib = tmp_path / "libsystemd_protocol.so"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-O2", "-o", str(lib), "-I", str(src / "include"),
+                    str(src / "systemd_protocol.c")], check=True)
+    j = Journal(tmp_path / "journal.sock")
+    sender = f"""
+import ctypes, sys
+lib = ctypes.CDLL({str(lib)!r})
+class iovec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+fields = [b"MESSAGE=" + b"x" * 600000, b"PRIORITY=6", b"TWO_LINES=a\\nb"]
+bufs = [ctypes.create_string_buffer(f, len(f)) for f in fields]
+arr = (iovec * len(fields))(*[iovec(ctypes.cast(b, ctypes.c_void_p), len(f)) for b, f in zip(bufs, fields)])
+sys.exit(-lib.ca_journal_sendv(arr, len(fields)))
+"""
+    script = ("mount -t tmpfs tmpfs /run && mkdir -p /run/systemd/journal && touch /run/systemd/journal/socket"
+              f" && mount --bind {tmp_path / 'journal.sock'} /run/systemd/journal/socket && exec \"$@\"")
+    p = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", sys.executable, "-c", sender],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, (p.returncode, p.stderr)
+    j.sock.settimeout(5)
+    data, ancdata, _, _ = j.sock.recvmsg(1 << 16, socket.CMSG_SPACE(4))
+    assert data == b"", "the entry should come in the memfd, not the datagram"
+    fds = array.array("i")
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[:4])
+    assert len(fds) == 1, ancdata
+    fd = fds[0]
+    try:
+        seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+        for seal in (fcntl.F_SEAL_SHRINK, fcntl.F_SEAL_GROW, fcntl.F_SEAL_WRITE, fcntl.F_SEAL_SEAL):
+            assert seals & seal, seals
+        os.lseek(fd, 0, os.SEEK_SET)
+        blob = b""
+        while chunk := os.read(fd, 1 << 20):
+            blob += chunk
+    finally:
+        os.close(fd)
+    e = decode(blob)
+    assert e["MESSAGE"] == "x" * 600000 and e["PRIORITY"] == "6" and e["TWO_LINES"] == "a\nb"
+    j.sock.close()
