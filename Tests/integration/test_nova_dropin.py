@@ -557,7 +557,9 @@ def test_a_queued_cast_and_a_local_delete_while_the_agent_is_down_are_both_honou
     agent.start()
     assert settle(kept, "SHUTOFF")["OS-EXT-STS:power_state"] == 4
     assert wait(lambda: gone not in domains.read_text(), timeout=20), "the deleted server's guest still runs"
-    assert f"removed instance {gone}: nova no longer places it on this host" in agent.text()[agent.mark:]
+    # The line follows the removal it reports.
+    assert wait(lambda: f"removed instance {gone}: nova no longer places it on this host" in agent.text()[agent.mark:],
+                timeout=10), agent.text()[agent.mark:][-3000:]
     assert kept in domains.read_text()
     assert req("DELETE", f"/servers/{kept}")[0] == 204
     assert wait(lambda: server(kept) is None, timeout=60)
@@ -572,7 +574,7 @@ def test_a_guest_that_shuts_down_by_itself_is_shutoff_in_nova(plane, memhv_agent
     edit_domains(agent.tmp / "domains", lambda t: re.sub(rf"^({sid}) \d+ ", r"\g<1> 4 ", t, flags=re.M))
     s = wait(lambda: (lambda v: v if v["status"] == "SHUTOFF" else None)(server(sid)), timeout=30)
     assert s and s["OS-EXT-STS:power_state"] == 4 and s["OS-EXT-STS:task_state"] is None, server(sid)
-    assert f"nova: instance {sid} updated from the host by the power-state sync" in agent.text()
+    assert wait(lambda: f"nova: instance {sid} updated from the host by the power-state sync" in agent.text(), timeout=10)
     assert act(sid, {"os-start": None}, "ACTIVE")["OS-EXT-STS:power_state"] == 1
     assert req("DELETE", f"/servers/{sid}")[0] == 204
     assert wait(lambda: server(sid) is None, timeout=60)
@@ -836,7 +838,7 @@ def test_an_instance_is_evacuated_from_a_dead_host_and_that_host_cleans_up_when_
     assert completed, req("GET", f"/os-migrations?instance_uuid={sid}")[1]
     assert wait(lambda: sid not in domains.read_text(), timeout=30), "the old guest still runs on the returned host"
     assert list(placement(f"/allocations/{sid}")[1]["allocations"]) == [there]
-    assert f"nova: instance {sid} was evacuated from this host" in a.text()[a.mark:]
+    assert wait(lambda: f"nova: instance {sid} was evacuated from this host" in a.text()[a.mark:], timeout=10)
     assert act(sid, {"os-start": None}, "ACTIVE")["OS-EXT-SRV-ATTR:host"] == agent.host
     assert req("DELETE", f"/servers/{sid}")[0] == 204
     assert wait(lambda: server(sid) is None, timeout=60)
