@@ -119,7 +119,10 @@ public final class RPCClient: Sendable {
         await worker.waitUntilConnected()
     }
 
-    public func stop() async { await worker.stop() }
+    public func stop() async {
+        await worker.stop()
+        pending.stop()
+    }
 
     /// Whether the client's connection is up.
     public var isConnected: Bool { worker.isConnected }
@@ -157,19 +160,13 @@ public final class RPCClient: Sendable {
         let key = server.map { "\(topic).\($0)" } ?? topic
         let pending = self.pending
         let exchange = options.exchange, durable = options.durable
-        let timer = Task {
-            try? await Task.sleep(for: .milliseconds(Int(timeout * 1000)))
-            if Task.isCancelled { return }
-            pending.complete(id, .failure(RemoteFailure(className: "MessagingTimeout", module: "oslo_messaging.exceptions",
-                                                        message: "timeout")))
-        }
-        defer { timer.cancel() }
+        let deadline = monotonicSeconds() + timeout
         let expiration = String(Int(timeout * 1000))
         // A cancelled caller (a shutdown) stops waiting at once; a late reply is dropped.
         let cancelled = RemoteFailure(className: "Cancelled", module: "compute_agent.messaging.cancel", message: "cancelled")
         let outcome: Result<JSONValue, RemoteFailure> = await withTaskCancellationHandler {
             await withCheckedContinuation { c in
-                pending.register(id, c)
+                pending.register(id, deadline: deadline, c)
                 if Task.isCancelled {
                     pending.complete(id, .failure(cancelled))
                     return
@@ -189,7 +186,7 @@ public final class RPCClient: Sendable {
         switch outcome {
         case .success(let v): return v
         case .failure(let f) where f == cancelled: throw CancellationError()
-        case .failure(let f) where f.className == "MessagingTimeout" && f.module == "oslo_messaging.exceptions":
+        case .failure(let f) where f == PendingCalls.timedOut:
             throw Timeout(method: method, seconds: timeout)
         case .failure(let f) where f.module == "compute_agent.messaging":
             throw AMQPError(f.message)
@@ -272,22 +269,6 @@ extension RPCClient {
 private extension UInt8 {
     var isHexOrDash: Bool {
         (self >= 0x30 && self <= 0x39) || (self >= 0x61 && self <= 0x66) || (self >= 0x41 && self <= 0x46) || self == 0x2D
-    }
-}
-
-/// Calls waiting for their reply, by `_msg_id`.
-private final class PendingCalls: Sendable {
-    private let calls = Mutex<[String: CheckedContinuation<Result<JSONValue, RemoteFailure>, Never>]>([:])
-
-    func register(_ id: String, _ c: CheckedContinuation<Result<JSONValue, RemoteFailure>, Never>) {
-        calls.withLock { $0[id] = c }
-    }
-
-    /// Resumes the call waiting for `id`, if it still waits (a late reply after a timeout
-    /// finds nobody and is dropped).
-    func complete(_ id: String, _ outcome: Result<JSONValue, RemoteFailure>) {
-        let c = calls.withLock { $0.removeValue(forKey: id) }
-        c?.resume(returning: outcome)
     }
 }
 

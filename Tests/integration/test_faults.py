@@ -331,6 +331,20 @@ def test_computectl_timeout_covers_the_connection(tmp_path):
         assert RABBIT_PASSWORD not in p.stderr + p.stdout and "wrong@" not in p.stderr + p.stdout
 
 
+def test_a_call_nobody_answers_ends_with_the_timeout_it_was_given(tmp_path):
+    """Call deadlines are kept by one sweeper thread per client (PendingCalls), not by a
+    timer task per call: a call nobody serves still ends with its timeout, named."""
+    from conftest import CTL
+    host = f"nobody-{uuid.uuid4().hex[:8]}"
+    started = time.time()
+    p = subprocess.run([str(CTL), "ping", "--transport-url", URL, "--host", host, "--timeout", "2"],
+                       capture_output=True, text=True, timeout=60)
+    took = time.time() - started
+    assert p.returncode != 0, p.stdout
+    assert "timed out after 2.0 s waiting for a reply to ping" in p.stderr + p.stdout, p.stderr
+    assert 1.9 <= took < 15, took
+
+
 def test_journal_is_owner_only_and_a_readable_password_file_is_warned_about(tmp_path):
     import os
     import stat
