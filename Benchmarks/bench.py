@@ -498,8 +498,9 @@ GOALS = {
     "native_call_p50_ms": ("≤ 1.5 × a call's broker floor (2 traversals)",
                            lambda a, b, r: a <= 1.5 * 2 * r["broker_traversal_p50_ms"]),
     "concurrent_calls_per_s": ("≥ 5× anchor", lambda a, b, r: a >= 5 * b),
-    "idle_rss_mib": ("≤ 20 MiB", lambda a, b, r: a <= 20),
-    "idle_rss_mib_memhv_plugin": ("≤ 20 MiB", lambda a, b, r: a <= 20),
+    # Issue 17's idle goals; smaps.py measures the library floor they sit at (docs/performance.md).
+    "idle_rss_mib": ("≤ 24 MiB (library floor 25.6, smaps.py)", lambda a, b, r: a <= 24),
+    "idle_rss_mib_memhv_plugin": ("≤ 12 MiB (library floor 11.9, smaps.py)", lambda a, b, r: a <= 12),
     "after_drain_rss_mib": ("≤ 40 MiB", lambda a, b, r: a <= 40),
     "after_drain_hwm_mib": ("≤ 40 MiB", lambda a, b, r: a <= 40),
     "startup_s": ("≤ 0.150 s", lambda a, b, r: a <= 0.150),
