@@ -51,6 +51,14 @@ def log(msg):
     print(msg, file=sys.stderr, flush=True)
 
 
+def write_results(name, lines, data):
+    """Writes Benchmarks/results/<name>.md (the lines) and <name>.json, and prints the table."""
+    out = ROOT / "Benchmarks" / "results"
+    (out / f"{name}.md").write_text("\n".join(lines))
+    (out / f"{name}.json").write_text(json.dumps(data, indent=1) + "\n")
+    print("\n".join(lines))
+
+
 def setup_broker_user():
     users = subprocess.run(RABBITMQCTL + ["list_users"], capture_output=True, text=True, check=True).stdout.split()
     if USER not in users:

@@ -180,10 +180,7 @@ def main():
         else:
             lines.append("(no trace: strace found no reply write)")
         lines += ["```", ""]
-    out = bench.ROOT / "Benchmarks" / "results"
-    (out / "calls.md").write_text("\n".join(lines))
-    (out / "calls.json").write_text(json.dumps(results, indent=1) + "\n")
-    print("\n".join(lines))
+    bench.write_results("calls", lines, results)
 
 
 if __name__ == "__main__":

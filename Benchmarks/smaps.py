@@ -14,7 +14,6 @@ difference measured in the same run.
 
 Writes Benchmarks/results/smaps.{md,json}."""
 import collections
-import json
 import os
 import pathlib
 import subprocess
@@ -151,10 +150,7 @@ def main():
                 lines.append(f"| {cat} | {v.get('Rss', 0):.2f} | {v.get('Pss', 0):.2f} | {v.get('Private_Clean', 0):.2f} | "
                              f"{v.get('Private_Dirty', 0):.2f} |")
         lines.append("")
-    out = bench.ROOT / "Benchmarks" / "results"
-    (out / "smaps.md").write_text("\n".join(lines))
-    (out / "smaps.json").write_text(json.dumps(results, indent=1) + "\n")
-    print("\n".join(lines))
+    bench.write_results("smaps", lines, results)
 
 
 if __name__ == "__main__":
